@@ -1,0 +1,152 @@
+"""``audiod run``: wire capture -> ring -> inference -> sinks, with the status block and poller beside them.
+
+Start-up order matters: resolve the device (fail fast on a typo), load and warm the model, then open the
+stream, so that the first audio captured is the first audio transcribed. Shut-down runs the other way:
+stop capture, let the worker drain the ring and transcribe the utterance in progress, then close.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from . import _exits
+from ._capture import Capture, DeviceError, choose_format, portaudio
+from ._config import Settings
+from ._inference import StreamFormat, Transcriber, Worker
+from ._paths import STATUS_FILE, ensure_private_dir, runtime_dir, state_dir
+from ._poller import Poller, Subscriber
+from ._ring import Ring
+from ._sinks import JsonlSink
+from ._status import LOADING, RUNNING, STOPPING, Status
+from ._vad import Segmenter, SileroStream
+
+FIRST_AUDIO_TIMEOUT_S = 10.0
+
+
+def transcript_path(settings: Settings) -> Path:
+    return Path(settings.transcript.path) if settings.transcript.path else state_dir() / "transcripts.jsonl"
+
+
+def run(
+    settings: Settings,
+    subscribers: tuple[Subscriber, ...] = (),
+    on_ready: Callable[[], None] | None = None,
+) -> int:
+    """Run until SIGINT/SIGTERM; returns the exit code. Start-up errors propagate as exceptions."""
+    log = structlog.get_logger("audiod")
+    sd = portaudio()
+    fmt = choose_format(sd, settings.capture)
+    status = Status.create(ensure_private_dir(runtime_dir()) / STATUS_FILE)
+    try:
+        status.state.store(LOADING)
+        t0 = time.monotonic()
+        transcriber = Transcriber(settings.inference)
+        transcriber.warm()
+        log.info("model_loaded", model=settings.inference.model, seconds=round(time.monotonic() - t0, 3))
+        capacity = max(2, math.ceil(settings.ring.capacity_s * fmt.samplerate / fmt.block_frames))
+        ring = Ring(capacity, fmt.block_frames, fmt.channels, status.ring_written, status.ring_read)
+        status.ring_capacity.store(capacity)
+        sink = JsonlSink(transcript_path(settings))
+        if sink.repaired:
+            log.warning("transcript_repaired", path=str(sink.path), bytes_cut=sink.repaired)
+        worker = Worker(
+            ring,
+            StreamFormat(fmt.samplerate, fmt.channels, fmt.block_frames),
+            status,
+            Segmenter(settings.vad, SileroStream()),
+            transcriber.transcribe,
+            sink,
+        )
+        capture = Capture(sd, fmt, ring, status)
+        poller = Poller(status, settings.poller.interval_ms / 1000, subscribers)
+        return _serve(log, status, capture, worker, poller, sink, fmt.name, on_ready)
+    finally:
+        status.close()
+
+
+def _serve(
+    log: structlog.typing.FilteringBoundLogger,
+    status: Status,
+    capture: Capture,
+    worker: Worker,
+    poller: Poller,
+    sink: JsonlSink,
+    device_name: str,
+    on_ready: Callable[[], None] | None,
+) -> int:
+    stop = threading.Event()
+    reopen = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        (reopen if signum == signal.SIGHUP else stop).set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+    worker.start()
+    capture.start()
+    poller.start()
+    # "Running" means audio is flowing, not merely that the stream opened: some devices (ALSA's pulse
+    # plugin) take a second or two to deliver the first block, and a dead one never does.
+    deadline = time.monotonic() + FIRST_AUDIO_TIMEOUT_S
+    while status.total_chunks.load() == 0:
+        if time.monotonic() > deadline or capture.finished or stop.is_set():
+            capture.stop()
+            worker.stop()
+            worker.join()
+            poller.stop()
+            sink.close()
+            if stop.is_set():
+                return _exits.OK
+            raise DeviceError(
+                f"no audio from input device {device_name!r} within {FIRST_AUDIO_TIMEOUT_S:.0f}s"
+            )
+        time.sleep(0.01)
+    status.state.store(RUNNING)
+    fmt = capture.format
+    log.info(
+        "started",
+        pid=os.getpid(),
+        device=f"{fmt.device}: {device_name}",
+        samplerate=fmt.samplerate,
+        channels=fmt.channels,
+        block_frames=fmt.block_frames,
+        ring_blocks=status.ring_capacity.load(),
+        transcript=str(sink.path),
+    )
+    if on_ready is not None:
+        on_ready()
+    code = _exits.OK
+    while not stop.wait(0.2):
+        if reopen.is_set():
+            reopen.clear()
+            sink.reopen()
+            log.info("transcript_reopened", path=str(sink.path))
+        if not worker.is_alive():
+            log.error("worker_died", error=repr(worker.error))
+            code = _exits.FAILURE
+            break
+        if capture.finished:
+            log.error("capture_stopped", device=device_name, reason="the input stream ended")
+            code = _exits.NO_DEVICE
+            break
+    status.state.store(STOPPING)
+    log.info("stopping")
+    t0 = time.monotonic()
+    capture.stop()
+    worker.stop()
+    worker.join()
+    poller.stop()
+    poller.tick()  # the final counters, after the drain
+    sink.close()
+    log.info("stopped", drain_seconds=round(time.monotonic() - t0, 3), poller_ticks=poller.ticks)
+    return code

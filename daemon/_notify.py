@@ -1,0 +1,104 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""sd_notify(3) and the service watchdog, without a systemd-python dependency.
+
+The protocol is one AF_UNIX datagram of newline-separated ``KEY=VALUE`` lines sent to
+``$NOTIFY_SOCKET``; that is small enough that a C extension (and the compiler plus
+libsystemd-dev it needs at install time) would cost more than it saves.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+# A stuck service manager must not freeze the thread that pings the watchdog forever;
+# one second is far below any sane WatchdogSec and far above a healthy PID 1's latency.
+_SEND_TIMEOUT_S = 1.0
+
+_lock = threading.Lock()
+_sock: socket.socket | None = None
+
+
+def _address(value: str) -> str | None:
+    if value.startswith("/"):
+        return value
+    if value.startswith("@") and len(value) > 1:
+        # Abstract namespace: Python takes a leading NUL for it, systemd spells it "@".
+        return "\0" + value[1:]
+    # systemd >= 253 may also hand out "vsock:" addresses; we never run inside a VM guest
+    # that is supervised through vsock, so those are treated as "no manager".
+    return None
+
+
+def _socket() -> socket.socket:
+    global _sock
+    with _lock:
+        if _sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.settimeout(_SEND_TIMEOUT_S)
+            _sock = sock
+        return _sock
+
+
+def notify(*lines: str) -> bool:
+    """Send ``lines`` as one notification datagram; False if not supervised or it failed."""
+    target = os.environ.get("NOTIFY_SOCKET", "")
+    address = _address(target) if target else None
+    if address is None or not lines:
+        return False
+    payload = "\n".join(lines).encode()
+    try:
+        # sendto() on one shared unbound socket is atomic per datagram, so two threads
+        # may call this concurrently without further locking.
+        _socket().sendto(payload, address)
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class Watchdog:
+    """Pings ``WATCHDOG=1`` at half of ``WatchdogSec``, but only while the caller says
+    the pipeline is making progress: a hung worker must let the manager kill us."""
+
+    interval_s: float
+    _last_ping: float | None = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ, pid: int | None = None) -> Watchdog | None:
+        # pid is resolved at call time, not as a default value, so a forked child
+        # compares against its own pid rather than the importer's.
+        own_pid = os.getpid() if pid is None else pid
+        try:
+            usec = int(environ.get("WATCHDOG_USEC", ""))
+        except ValueError:
+            return None
+        if usec <= 0:
+            return None
+        target_pid = environ.get("WATCHDOG_PID")
+        if target_pid is not None:
+            # The variable is meant for one process only; a child that inherited the
+            # environment must not keep its parent alive by pinging on its behalf.
+            try:
+                if int(target_pid) != own_pid:
+                    return None
+            except ValueError:
+                return None
+        # Half the timeout is what sd_watchdog_enabled(3) recommends: one lost or late
+        # ping must not be fatal.
+        return cls(interval_s=usec / 2 / 1_000_000)
+
+    def tick(self, now: float, progressing: bool) -> bool:
+        """Ping if due and ``progressing``; ``now`` is a monotonic clock reading."""
+        if not progressing:
+            return False
+        if self._last_ping is not None and now - self._last_ping < self.interval_s:
+            return False
+        if not notify("WATCHDOG=1"):
+            # Leave _last_ping alone so the next tick retries instead of waiting a period.
+            return False
+        self._last_ping = now
+        return True

@@ -1,0 +1,63 @@
+"""The poller: every ``interval`` it takes one snapshot of the status block and logs it as ``metrics``.
+
+Subscribers (``on_snapshot``) get the same snapshot, so systemd's STATUS= line and the watchdog see exactly
+what was logged. The poller also measures its own CPU time (``poller_cpu_us``), because a 10 Hz loop on a
+Raspberry Pi must prove it is cheap.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+
+from ._status import Snapshot, Status
+
+Subscriber = Callable[[Snapshot], None]
+
+
+class Poller(threading.Thread):
+    def __init__(self, status: Status, interval_s: float, subscribers: tuple[Subscriber, ...] = ()) -> None:
+        super().__init__(name="audiod-poller", daemon=True)
+        self._status = status
+        self._interval = interval_s
+        self._subscribers = subscribers
+        self._done = threading.Event()
+        self._log = structlog.get_logger("audiod.poller")
+        self.ticks = 0
+
+    def stop(self) -> None:
+        self._done.set()
+        if self.is_alive():
+            self.join()
+
+    def tick(self) -> Snapshot:
+        cpu0 = time.thread_time_ns()
+        st = self._status
+        now_us = time.time_ns() // 1000
+        st.updated_us.store(now_us)
+        # The worker sets the lag when it consumes audio; refreshing it here makes a stalled worker show
+        # as a growing lag instead of a frozen one.
+        if until := st.consumed_until_us.load():
+            st.audio_lag_ms.store((now_us - until) // 1000)
+        snap = st.snapshot()
+        self._log.info("metrics", **snap.to_dict())
+        for sub in self._subscribers:
+            sub(snap)
+        self.ticks += 1
+        st.poller_cpu_us.add((time.thread_time_ns() - cpu0) // 1000)
+        return snap
+
+    def run(self) -> None:
+        # Sleep to absolute deadlines so the period does not stretch by the tick's own cost.
+        deadline = time.monotonic()
+        while not self._done.is_set():
+            self.tick()
+            deadline += self._interval
+            delay = deadline - time.monotonic()
+            if delay < 0:  # we fell behind (suspend, overload): skip missed ticks rather than burst
+                deadline = time.monotonic()
+                delay = 0
+            self._done.wait(delay)

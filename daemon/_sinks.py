@@ -1,0 +1,95 @@
+"""Durable transcript output: a JSONL file, one whole object per line, fsync'ed per line."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import threading
+from pathlib import Path
+from typing import Any
+
+_TAIL = 65536  # enough to find the last complete line of any transcript
+
+
+class SinkError(Exception):
+    pass
+
+
+class JsonlSink:
+    """Appends one JSON object per line. ``seq`` continues from the last line already in the file.
+
+    Each line goes out in a single ``write`` on an ``O_APPEND`` descriptor and is fsync'ed before
+    ``write`` returns, so a reader never sees half a line from a running daemon, and a line reported
+    written survives a power cut. A partial last line left by a crash is cut off on open (``repaired``).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()  # reopen() comes from the signal handler's thread
+        self.repaired = 0
+        self._fd = self._open()
+        self.next_seq = self._last_seq() + 1
+
+    def _open(self) -> int:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as e:
+            raise SinkError(f"{self.path}: cannot open transcript file: {e.strerror}") from None
+
+    def _last_seq(self) -> int:
+        if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+            return 0  # a FIFO, a device, /dev/stdout: nothing to read back, numbering starts at 1
+        try:
+            with open(self.path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - _TAIL))
+                tail = f.read(_TAIL)
+        except OSError:
+            return 0  # write-only file
+        if tail and not tail.endswith(b"\n"):
+            cut = tail.rfind(b"\n") + 1
+            self.repaired = len(tail) - cut
+            os.truncate(self.path, size - self.repaired)
+            tail = tail[:cut]
+        for line in reversed(tail.splitlines()):
+            try:
+                return int(json.loads(line)["seq"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        return 0
+
+    def write(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Write ``record`` with the next ``seq``; returns the record as written. Raises ``SinkError``."""
+        with self._lock:
+            record = {"seq": self.next_seq, **record}
+            data = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+            start = -1
+            try:
+                start = os.fstat(self._fd).st_size
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view) :]
+                os.fsync(self._fd)
+            except OSError as e:
+                if start >= 0:  # take back a partial line (disk full midway), so the next one starts clean
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(self._fd, start)
+                raise SinkError(f"{self.path}: cannot write transcript: {e.strerror}") from None
+            self.next_seq += 1
+            return record
+
+    def reopen(self) -> None:
+        """For log rotation (SIGHUP): later lines go to a fresh file at the same path."""
+        with self._lock:
+            fd = self._open()
+            os.close(self._fd)
+            self._fd = fd
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1

@@ -1,0 +1,172 @@
+"""Streaming speech segmentation with the Silero VAD that faster-whisper ships (an ONNX file, offline).
+
+faster-whisper only offers the VAD over a whole recording. Its Silero v6 model is recurrent, though: feed it
+512-sample windows (each with the 64 samples before it as context) and carry its ``h``/``c`` state, and it
+runs on a live stream. ``Segmenter`` turns the per-window probabilities into utterances: speech starts when
+a window crosses ``threshold``, and ends after ``min_silence_ms`` below ``threshold - 0.15`` (the same
+hysteresis faster-whisper uses) or at ``max_utterance_s``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ._config import VadSettings
+
+RATE = 16000
+WINDOW = 512
+CONTEXT = 64
+
+Audio = npt.NDArray[np.float32]
+ProbFn = Callable[[Audio], npt.NDArray[np.float32]]
+
+
+class SileroStream:
+    """Speech probability per 512-sample window, state carried across calls."""
+
+    def __init__(self) -> None:
+        from faster_whisper.vad import get_vad_model
+
+        self._session: Any = get_vad_model().session
+        self.reset()
+
+    def reset(self) -> None:
+        self._h = np.zeros((1, 1, 128), dtype=np.float32)
+        self._c = np.zeros((1, 1, 128), dtype=np.float32)
+        self._context = np.zeros(CONTEXT, dtype=np.float32)
+
+    def __call__(self, windows: Audio) -> npt.NDArray[np.float32]:
+        """``windows``: a multiple of 512 samples. Returns one probability per window."""
+        frames = windows.reshape(-1, WINDOW)
+        ctx = np.concatenate([self._context[None, :], frames[:-1, -CONTEXT:]])
+        batch = np.concatenate([ctx, frames], axis=1)
+        probs, self._h, self._c = self._session.run(None, {"input": batch, "h": self._h, "c": self._c})
+        self._context = frames[-1, -CONTEXT:].copy()
+        return np.asarray(probs, dtype=np.float32).reshape(-1)
+
+
+@dataclass(frozen=True, slots=True)
+class Utterance:
+    audio: Audio
+    start_sample: int  # index in the 16 kHz stream since the segmenter was made or reset
+    forced_cut: bool = False  # reached max_utterance_s rather than silence
+
+    @property
+    def end_sample(self) -> int:
+        return self.start_sample + len(self.audio)
+
+
+class Segmenter:
+    """Feed 16 kHz audio in any block size; get finished utterances back."""
+
+    def __init__(self, settings: VadSettings, probs: ProbFn) -> None:
+        self._probs = probs
+        self._threshold = settings.threshold
+        self._neg_threshold = max(settings.threshold - 0.15, 0.01)
+        self._min_silence = settings.min_silence_ms * RATE // 1000
+        self._pad = settings.speech_pad_ms * RATE // 1000
+        self._min_speech = settings.min_speech_ms * RATE // 1000
+        self._max_len = int(settings.max_utterance_s * RATE)
+        self._pending = np.zeros(0, dtype=np.float32)  # samples not yet a whole window
+        self._pos = 0  # stream index of the first pending sample
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._chunks: list[Audio] = []  # current utterance, or the pre-roll while idle
+        self._length = 0
+        self._start = self._pos
+        self._speaking = False
+        self._speech = 0  # samples judged speech in the current utterance
+        self._silence = 0  # trailing samples below the negative threshold
+
+    @property
+    def speaking(self) -> bool:
+        return self._speaking
+
+    @property
+    def position(self) -> int:
+        """Samples consumed since the start (the stream index of the next sample)."""
+        return self._pos + len(self._pending)
+
+    def feed(self, audio: Audio) -> list[Utterance]:
+        pending = np.concatenate([self._pending, audio]) if len(self._pending) else audio
+        whole = len(pending) // WINDOW * WINDOW
+        self._pending = pending[whole:].copy()
+        if whole == 0:
+            return []
+        windows = pending[:whole].astype(np.float32, copy=False)
+        out: list[Utterance] = []
+        for i, p in enumerate(self._probs(windows)):
+            u = self._step(windows[i * WINDOW : (i + 1) * WINDOW], float(p))
+            if u is not None:
+                out.append(u)
+        return out
+
+    def _append(self, window: Audio) -> None:
+        self._chunks.append(window)
+        self._length += len(window)
+        self._pos += len(window)
+
+    def _step(self, window: Audio, p: float) -> Utterance | None:
+        if not self._speaking:
+            self._append(window)
+            # Keep only the pre-roll while idle, so the utterance starts a little before the first word.
+            while self._chunks and self._length - len(self._chunks[0]) >= self._pad:
+                self._length -= len(self._chunks.pop(0))
+            self._start = self._pos - self._length
+            if p >= self._threshold:
+                self._speaking, self._speech, self._silence = True, WINDOW, 0
+            return None
+        self._append(window)
+        if p >= self._threshold:
+            self._speech += WINDOW
+            self._silence = 0
+        elif p < self._neg_threshold:
+            self._silence += WINDOW
+        else:
+            self._silence = 0
+        if self._silence >= self._min_silence:
+            return self._finish(trim=max(0, self._silence - self._pad))
+        if self._length >= self._max_len:
+            return self._finish(trim=0, forced=True)
+        return None
+
+    def _finish(self, trim: int, forced: bool = False) -> Utterance | None:
+        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)
+        if trim:
+            audio = audio[: len(audio) - trim]
+        start, speech = self._start, self._speech
+        tail = self._chunks[-1:] if not forced else []
+        self._reset_state()
+        if forced:
+            # Speech goes on past the cut: the next utterance starts right here, already speaking.
+            self._speaking, self._speech, self._start = True, 0, self._pos
+        else:
+            for w in tail:  # the last silent window seeds the next pre-roll
+                self._chunks.append(w)
+                self._length += len(w)
+            self._start = self._pos - self._length
+        if speech < self._min_speech:
+            return None
+        return Utterance(audio=audio, start_sample=start, forced_cut=forced)
+
+    def flush(self) -> Utterance | None:
+        """End the stream (shutdown, or a gap in the audio): the utterance in progress, if any.
+
+        Samples short of a whole window are zero-padded so the last word is not lost."""
+        if len(self._pending):
+            pad = np.zeros(WINDOW - len(self._pending), dtype=np.float32)
+            tail = np.concatenate([self._pending, pad])
+            self._pending = np.zeros(0, dtype=np.float32)
+            p = float(self._probs(tail)[0])
+            u = self._step(tail, p)
+            if u is not None:
+                return u  # the padded window completed an utterance; nothing more is in progress
+        u = self._finish(trim=max(0, self._silence - self._pad)) if self._speaking else None
+        self._reset_state()
+        return u
