@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__, _config, _exits, _status
-from ._paths import STATUS_FILE, runtime_dir
+from ._paths import STATUS_FILE, find_runtime_dir
 
 
 def _fail(message: str, code: int) -> int:
@@ -28,18 +28,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"audiod {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="capture and transcribe in the foreground until Ctrl-C / SIGTERM")
-    run.add_argument(
+    run_opts = argparse.ArgumentParser(add_help=False)
+    run_opts.add_argument(
         "--config",
         type=Path,
         help="TOML config (default: ~/.config/audiod/audiod.toml, "
         "then /etc/audiod/audiod.toml, else built-in defaults)",
     )
-    run.add_argument("--device", help="input device index or name substring (see `audiod devices`)")
-    run.add_argument(
+    run_opts.add_argument("--device", help="input device index or name substring (see `audiod devices`)")
+    run_opts.add_argument(
         "--model", help="'bundled', a CTranslate2 model directory, or a faster-whisper model name"
     )
-    run.add_argument("--transcript", help="JSONL transcript file")
+    run_opts.add_argument("--transcript", help="JSONL transcript file")
+
+    help_run = "capture and transcribe in the foreground until Ctrl-C / SIGTERM"
+    sub.add_parser("run", parents=[run_opts], help=help_run)
+    help_start = "start the daemon (through systemctl if a unit is installed, else detached)"
+    sub.add_parser("start", parents=[run_opts], help=help_start)
+    sub.add_parser("stop", help="stop the daemon: it transcribes what is buffered, then exits")
+    sub.add_parser("restart", parents=[run_opts], help="stop, then start")
+    unit = sub.add_parser("install-unit", help="install the systemd unit for this installation")
+    unit.add_argument("--user", action="store_true", help="the user unit (desktop sessions)")
 
     demo = sub.add_parser(
         "demo", help="speak sample sentences into a private virtual microphone, transcribe them"
@@ -61,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "demo":
             return _demo(args)
+        if args.command in ("start", "stop", "restart", "install-unit"):
+            return _lifecycle(args)
         if args.command == "devices":
             return _devices()
         return _show_status(args.json)
@@ -87,6 +98,7 @@ def _run_daemon(settings: _config.Settings, on_ready: Callable[[], None] | None 
     from . import _daemon, _logging
     from ._capture import DeviceError, PortAudioMissing
     from ._inference import ModelError
+    from ._paths import AlreadyRunning
     from ._sinks import SinkError
 
     _logging.configure(settings.log)
@@ -100,6 +112,8 @@ def _run_daemon(settings: _config.Settings, on_ready: Callable[[], None] | None 
         return _fail(str(e), _exits.MODEL_FAILED)
     except (SinkError, PermissionError) as e:
         return _fail(str(e), _exits.CANT_CREATE)
+    except AlreadyRunning as e:
+        return _fail(str(e), _exits.ALREADY_RUNNING)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -144,6 +158,29 @@ def _demo(args: argparse.Namespace) -> int:
         return code
 
 
+def _lifecycle(args: argparse.Namespace) -> int:
+    from . import _service
+
+    if args.command == "install-unit":
+        return _service.install_unit(args.user)
+    if args.command == "stop":
+        return _service.stop()
+    run_args = [
+        arg
+        for flag, value in (
+            ("--config", args.config),
+            ("--device", args.device),
+            ("--model", args.model),
+            ("--transcript", args.transcript),
+        )
+        if value is not None
+        for arg in (flag, str(Path(value).resolve()) if flag in ("--config", "--transcript") else value)
+    ]
+    if args.command == "start":
+        return _service.start(run_args)
+    return _service.restart(run_args)
+
+
 def _devices() -> int:
     from ._capture import PortAudioMissing, input_devices, portaudio
 
@@ -167,7 +204,7 @@ STALE_AFTER_S = 5.0  # the poller writes ``updated_us`` ten times a second; seco
 
 
 def _show_status(as_json: bool) -> int:
-    path = runtime_dir() / STATUS_FILE
+    path = find_runtime_dir() / STATUS_FILE
     try:
         live = _status.read(path)
     except _status.StatusFileError as e:

@@ -92,7 +92,8 @@ class PollerSettings:
 @dataclass(frozen=True, slots=True)
 class LogSettings:
     format: str = field(
-        default="auto", metadata={"doc": "auto, json or console", "choices": ("auto", "json", "console")}
+        default="auto",
+        metadata={"doc": "auto, json, console or journal", "choices": ("auto", "json", "console", "journal")},
     )
     level: str = field(
         default="info",

@@ -7,6 +7,7 @@ stop capture, let the worker drain the ring and transcribe the utterance in prog
 
 from __future__ import annotations
 
+import faulthandler
 import math
 import os
 import signal
@@ -14,15 +15,16 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
+from types import FrameType, ModuleType
 
 import structlog
 
 from . import _exits
-from ._capture import Capture, DeviceError, choose_format, portaudio
+from ._capture import Capture, DeviceError, InputFormat, choose_format, portaudio
 from ._config import Settings
 from ._inference import StreamFormat, Transcriber, Worker
-from ._paths import STATUS_FILE, ensure_private_dir, runtime_dir, state_dir
+from ._notify import Supervisor, Watchdog, notify, status_line
+from ._paths import PID_FILE, STATUS_FILE, PidFile, ensure_private_dir, runtime_dir, state_dir
 from ._poller import Poller, Subscriber
 from ._ring import Ring
 from ._sinks import JsonlSink
@@ -43,9 +45,25 @@ def run(
 ) -> int:
     """Run until SIGINT/SIGTERM; returns the exit code. Start-up errors propagate as exceptions."""
     log = structlog.get_logger("audiod")
+    # systemd's watchdog kills with SIGABRT: leave every thread's stack in the journal, to show what hung.
+    faulthandler.enable()
     sd = portaudio()
     fmt = choose_format(sd, settings.capture)
-    status = Status.create(ensure_private_dir(runtime_dir()) / STATUS_FILE)
+    rundir = ensure_private_dir(runtime_dir())
+    with PidFile(rundir / PID_FILE):
+        return _run_locked(settings, log, sd, fmt, rundir, subscribers, on_ready)
+
+
+def _run_locked(
+    settings: Settings,
+    log: structlog.typing.FilteringBoundLogger,
+    sd: ModuleType,
+    fmt: InputFormat,
+    rundir: Path,
+    subscribers: tuple[Subscriber, ...],
+    on_ready: Callable[[], None] | None,
+) -> int:
+    status = Status.create(rundir / STATUS_FILE)
     try:
         status.state.store(LOADING)
         t0 = time.monotonic()
@@ -67,7 +85,8 @@ def run(
             sink,
         )
         capture = Capture(sd, fmt, ring, status)
-        poller = Poller(status, settings.poller.interval_ms / 1000, subscribers)
+        supervisor = Supervisor(Watchdog.from_env())
+        poller = Poller(status, settings.poller.interval_ms / 1000, (supervisor, *subscribers))
         return _serve(log, status, capture, worker, poller, sink, fmt.name, on_ready)
     finally:
         status.close()
@@ -112,6 +131,7 @@ def _serve(
             )
         time.sleep(0.01)
     status.state.store(RUNNING)
+    notify("READY=1", f"STATUS={status_line(status.snapshot())}")
     fmt = capture.format
     log.info(
         "started",
@@ -140,6 +160,7 @@ def _serve(
             code = _exits.NO_DEVICE
             break
     status.state.store(STOPPING)
+    notify("STOPPING=1", "STATUS=stopping: transcribing what is buffered")
     log.info("stopping")
     t0 = time.monotonic()
     capture.stop()

@@ -9,4 +9,5 @@ MODEL_FAILED = 66  # EX_NOINPUT: the model is missing or failed to load
 NO_DEVICE = 69  # EX_UNAVAILABLE: no usable audio input device, or the stream died
 NO_PORTAUDIO = 72  # EX_OSFILE: the PortAudio library (libportaudio2) is not installed
 CANT_CREATE = 73  # EX_CANTCREAT: the transcript file or runtime directory cannot be created
+ALREADY_RUNNING = 75  # EX_TEMPFAIL: another audiod holds this runtime directory's pid file lock
 CONFIG = 78  # EX_CONFIG: invalid configuration (the unit must not restart on it)

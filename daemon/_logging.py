@@ -1,4 +1,5 @@
-"""structlog set-up: JSON lines when not on a terminal, a readable console line on one.
+"""structlog set-up: journald's native protocol when stderr is the journal, JSON lines when not on a
+terminal, a readable console line on one.
 
 Configured for speed: a filtering bound logger drops below-level calls without building an event, and
 ``cache_logger_on_first_use`` freezes each logger's processor chain at first use.
@@ -8,33 +9,44 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 import structlog
 
 from ._config import LogSettings
+from ._journal import JournalLoggerFactory, JournalRenderer, stderr_is_journal
 
 
 def configure(settings: LogSettings, stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
     fmt = settings.format
     if fmt == "auto":
-        fmt = "console" if stream.isatty() else "json"
-    renderer: structlog.typing.Processor
-    processors: list[structlog.typing.Processor] = [
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
-    if fmt == "json":
-        processors.append(structlog.processors.format_exc_info)
-        renderer = structlog.processors.JSONRenderer()
+        fmt = "journal" if stderr_is_journal() else "console" if stream.isatty() else "json"
+    level = logging.getLevelNamesMapping()[settings.level.upper()]
+    processors: list[structlog.typing.Processor] = [structlog.processors.add_log_level]
+    logger_factory: Callable[..., Any]
+    if fmt == "journal":
+        # journald stamps entries itself; CODE_FILE/LINE/FUNC come from the call site.
+        cp = structlog.processors.CallsiteParameter
+        processors += [
+            structlog.processors.CallsiteParameterAdder(
+                [cp.PATHNAME, cp.LINENO, cp.FUNC_NAME, cp.THREAD_NAME]
+            ),
+            structlog.processors.format_exc_info,
+            JournalRenderer(),
+        ]
+        logger_factory = JournalLoggerFactory()
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        processors.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
+        if fmt == "json":
+            processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+        else:
+            processors.append(structlog.dev.ConsoleRenderer(colors=stream.isatty()))
+        logger_factory = structlog.WriteLoggerFactory(file=stream)
     structlog.configure(
-        processors=[*processors, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[settings.level.upper()]
-        ),
-        logger_factory=structlog.WriteLoggerFactory(file=stream),
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=logger_factory,
         cache_logger_on_first_use=True,
     )

@@ -8,11 +8,15 @@ libsystemd-dev it needs at install time) would cost more than it saves.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+
+from ._status import Snapshot
 
 # A stuck service manager must not freeze the thread that pings the watchdog forever;
 # one second is far below any sane WatchdogSec and far above a healthy PID 1's latency.
@@ -102,3 +106,37 @@ class Watchdog:
             return False
         self._last_ping = now
         return True
+
+
+STATUS_EVERY_S = 1.0  # systemctl status is read by people: once a second is live enough and cheap for PID 1
+
+
+def status_line(snap: Snapshot) -> str:
+    return f"{snap.display_line()} | transcripts {snap.transcripts}"
+
+
+class Supervisor:
+    """A poller subscriber: keeps systemd's ``STATUS=`` current and feeds the watchdog only while the
+    pipeline makes progress, i.e. capture delivered blocks since the last ping and the worker's heartbeat is
+    younger than the watchdog timeout. A dead stream or a hung worker stops the pings, so systemd kills and
+    restarts us."""
+
+    def __init__(self, watchdog: Watchdog | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._watchdog = watchdog
+        self._clock = clock
+        self._stuck_us = round(watchdog.interval_s * 2e6) if watchdog else 0
+        self._total_at_ping = -1
+        self._last_status = -math.inf
+
+    def progressing(self, snap: Snapshot) -> bool:
+        captured = snap.total_chunks > self._total_at_ping
+        worker_alive = snap.updated_us - snap.worker_heartbeat_us < self._stuck_us
+        return captured and worker_alive
+
+    def __call__(self, snap: Snapshot) -> None:
+        now = self._clock()
+        if now - self._last_status >= STATUS_EVERY_S:
+            notify(f"STATUS={status_line(snap)}")
+            self._last_status = now
+        if self._watchdog is not None and self._watchdog.tick(now, self.progressing(snap)):
+            self._total_at_ping = snap.total_chunks

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from pathlib import Path
 
@@ -17,6 +19,16 @@ def runtime_dir(environ: os._Environ[str] | dict[str, str] = os.environ) -> Path
     if xdg := environ.get("XDG_RUNTIME_DIR"):
         return Path(xdg) / "audiod"
     return Path(f"/tmp/audiod-{os.getuid()}")
+
+
+def find_runtime_dir() -> Path:
+    """For readers (``audiod status`` from any shell): our own runtime directory if a daemon uses it, else
+    the system service's ``/run/audiod``."""
+    own = runtime_dir()
+    for candidate in (own, Path("/run/audiod")):
+        if (candidate / STATUS_FILE).exists():
+            return candidate
+    return own
 
 
 def state_dir(environ: os._Environ[str] | dict[str, str] = os.environ) -> Path:
@@ -37,3 +49,43 @@ def ensure_private_dir(path: Path) -> Path:
 
 
 STATUS_FILE = "status"
+PID_FILE = "audiod.pid"
+
+
+class AlreadyRunning(Exception):
+    def __init__(self, path: Path, pid: int | None) -> None:
+        super().__init__(f"already running (pid {pid if pid else 'unknown'}, lock {path})")
+        self.pid = pid
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+class PidFile:
+    """An flock'ed pid file: held for the daemon's lifetime, released by the kernel even on SIGKILL, so a
+    stale file never blocks a restart and two daemons never share a runtime directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+
+    def __enter__(self) -> PidFile:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AlreadyRunning(self.path, read_pid(self.path)) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        os.close(self._fd)

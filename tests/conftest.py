@@ -79,13 +79,14 @@ class Audiod:
         config: str = "",
         extra_env: dict[str, str] | None = None,
         capture: str = "",
+        log: str = "json",
     ) -> None:
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         self.transcript = tmp / "transcripts.jsonl"
         self.runtime = tmp / "run"
         self.config = tmp / "audiod.toml"
-        self.config.write_text(f'[capture]\ndevice = "pulse"\n{capture}[log]\nformat = "json"\n{config}')
+        self.config.write_text(f'[capture]\ndevice = "pulse"\n{capture}[log]\nformat = "{log}"\n{config}')
         self.env = {**env, "XDG_RUNTIME_DIR": str(self.runtime), **(extra_env or {})}
         self.env.pop("RUNTIME_DIRECTORY", None)
         self.events: list[dict[str, Any]] = []
@@ -155,11 +156,20 @@ def audiod(vmic: VirtualMic, tmp_path: Path) -> Iterator[Any]:
     """``audiod(config="...")`` starts a daemon on the virtual microphone and waits until it runs."""
     started: list[Audiod] = []
 
-    def start(config: str = "", name: str = "a", capture: str = "", **extra_env: str) -> Audiod:
+    def start(
+        config: str = "", name: str = "a", capture: str = "", log: str = "json", **extra_env: str
+    ) -> Audiod:
         # Extra [capture] keys join the section the fixture writes; TOML forbids a second [capture].
-        d = Audiod(tmp_path / name, vmic.client_env(), config, extra_env, capture)
+        d = Audiod(tmp_path / name, vmic.client_env(), config, extra_env, capture, log)
         started.append(d)
-        d.wait_for("started")
+        if log == "json":
+            d.wait_for("started")
+        else:  # logs go elsewhere: wait on the status file instead
+            deadline = time.monotonic() + 60
+            while (out := d.status("--json")).returncode != 0 or json.loads(out.stdout)["state"] != "running":
+                assert d.proc.poll() is None, f"audiod exited {d.proc.returncode}: {''.join(d.raw)[-2000:]}"
+                assert time.monotonic() < deadline, "audiod did not start"
+                time.sleep(0.1)
         return d
 
     yield start
