@@ -24,7 +24,7 @@ import mmap
 import os
 import struct
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -88,7 +88,7 @@ class Snapshot:
 
     def to_dict(self) -> dict[str, Any]:
         """Every field plus the derived values, for logs and ``audiod status --json``."""
-        d: dict[str, Any] = asdict(self)
+        d: dict[str, Any] = {name: getattr(self, name) for name in FIELDS}  # asdict() deep-copies: 5x slower
         d["drop_rate"] = self.drop_rate()
         d["real_time_factor"] = self.real_time_factor()
         d["ring_fill"] = self.ring_fill()
