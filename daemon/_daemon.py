@@ -32,6 +32,7 @@ from ._status import LOADING, RUNNING, STOPPING, Status
 from ._vad import Segmenter, SileroStream
 
 FIRST_AUDIO_TIMEOUT_S = 10.0
+DRAIN_TIMEOUT_S = 15.0  # inside the unit's TimeoutStopSec=20s, so we exit before systemd's SIGKILL
 
 
 def transcript_path(settings: Settings) -> Path:
@@ -66,6 +67,9 @@ def _run_locked(
     status = Status.create(rundir / STATUS_FILE)
     try:
         status.state.store(LOADING)
+        sink = JsonlSink(transcript_path(settings))  # before the model: a bad path should fail fast
+        if sink.repaired:
+            log.warning("transcript_repaired", path=str(sink.path), bytes_cut=sink.repaired)
         t0 = time.monotonic()
         transcriber = Transcriber(settings.inference)
         transcriber.warm()
@@ -73,9 +77,6 @@ def _run_locked(
         capacity = max(2, math.ceil(settings.ring.capacity_s * fmt.samplerate / fmt.block_frames))
         ring = Ring(capacity, fmt.block_frames, fmt.channels, status.ring_written, status.ring_read)
         status.ring_capacity.store(capacity)
-        sink = JsonlSink(transcript_path(settings))
-        if sink.repaired:
-            log.warning("transcript_repaired", path=str(sink.path), bytes_cut=sink.repaired)
         worker = Worker(
             ring,
             StreamFormat(fmt.samplerate, fmt.channels, fmt.block_frames),
@@ -111,6 +112,16 @@ def _serve(
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
 
+    def shutdown() -> bool:
+        """Stop capture, let the worker drain the ring and the utterance in progress; False if it hung."""
+        capture.stop()
+        worker.stop()
+        worker.join(DRAIN_TIMEOUT_S)
+        poller.stop()
+        poller.tick()  # the final counters, after the drain
+        sink.close()
+        return not worker.is_alive()
+
     worker.start()
     capture.start()
     poller.start()
@@ -119,11 +130,7 @@ def _serve(
     deadline = time.monotonic() + FIRST_AUDIO_TIMEOUT_S
     while status.total_chunks.load() == 0:
         if time.monotonic() > deadline or capture.finished or stop.is_set():
-            capture.stop()
-            worker.stop()
-            worker.join()
-            poller.stop()
-            sink.close()
+            shutdown()
             if stop.is_set():
                 return _exits.OK
             raise DeviceError(
@@ -163,11 +170,10 @@ def _serve(
     notify("STOPPING=1", "STATUS=stopping: transcribing what is buffered")
     log.info("stopping")
     t0 = time.monotonic()
-    capture.stop()
-    worker.stop()
-    worker.join()
-    poller.stop()
-    poller.tick()  # the final counters, after the drain
-    sink.close()
+    if not shutdown():
+        log.error(
+            "drain_timeout", seconds=DRAIN_TIMEOUT_S, lost="the buffered audio and utterance in progress"
+        )
+        code = _exits.FAILURE
     log.info("stopped", drain_seconds=round(time.monotonic() - t0, 3), poller_ticks=poller.ticks)
     return code
