@@ -9,12 +9,12 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Runtime: PortAudio. Demo and tests: a private PulseAudio server, ALSA's pulse plugin, flite and sox.
-# Service tests: systemd-nspawn (systemd-container).
+# Service tests: systemd-nspawn (systemd-container). `audiod top` tests: tmux.
 RUN_PKGS  := libportaudio2
 DEMO_PKGS := $(RUN_PKGS) pulseaudio pulseaudio-utils libasound2-plugins flite sox
-TEST_PKGS := $(DEMO_PKGS) systemd systemd-container
+TEST_PKGS := $(DEMO_PKGS) systemd systemd-container tmux
 
-.PHONY: run demo test check setup-run setup-demo setup-test clean
+.PHONY: run demo bench test check setup-run setup-demo setup-test clean
 
 define apt_install
 	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -43,9 +43,13 @@ run: setup-run $(BIN)/audiod
 demo: setup-demo $(BIN)/audiod
 	$(BIN)/audiod demo
 
+# Benchmark (bench/README.md): latency, WER, CPU, memory vs offline Whisper; ARGS="--quick" for one pass.
+bench: setup-demo $(BIN)/audiod
+	$(BIN)/python -m bench $(ARGS)
+
 check: $(BIN)/audiod
-	$(BIN)/ruff check daemon tests
-	$(BIN)/ruff format --check daemon tests
+	$(BIN)/ruff check daemon tests bench
+	$(BIN)/ruff format --check daemon tests bench
 	$(BIN)/mypy
 
 test: setup-test $(BIN)/audiod check

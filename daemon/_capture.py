@@ -8,11 +8,17 @@ counts it instead.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from ._callback_timer import ENV as CALLBACK_TIMER_ENV
+from ._callback_timer import CallbackTimer
 from ._config import CaptureSettings
 from ._ring import Ring
 from ._status import Status
@@ -113,13 +119,16 @@ class Capture:
         self._errors = status.callback_errors
         self._wall = time.time
         self.finished = False
+        # bench/ only: time the callback body. Unset in production, where PortAudio gets the plain method.
+        timer_path = os.environ.get(CALLBACK_TIMER_ENV)
+        self._timer = CallbackTimer(self._callback, timer_path) if timer_path else None
         self._stream = sd.InputStream(
             device=fmt.device,
             samplerate=fmt.samplerate,
             channels=fmt.channels,
             dtype="float32",
             blocksize=fmt.block_frames,
-            callback=self._callback,
+            callback=self._callback if self._timer is None else self._timer,
             finished_callback=self._on_finished,
         )
 
@@ -155,3 +164,116 @@ class Capture:
             self._stream.stop()
         finally:
             self._stream.close()
+            if self._timer is not None:
+                self._timer.save()
+
+    def abort(self) -> None:
+        """Close a stream whose device is gone: drop its buffers and ignore its errors."""
+        with contextlib.suppress(Exception):
+            self._stream.abort()
+        with contextlib.suppress(Exception):
+            self._stream.close()
+
+
+STALL_S = 1.0  # no callback for this long while the stream claims to be active: the device is gone
+BACKOFF_S = (0.5, 5.0)  # first and longest wait between attempts to reopen the device
+
+
+class StreamKeeper:
+    """Keeps capture alive across device loss: notices a dead stream (finished, inactive, or no callback for
+    ``STALL_S``), closes it, rescans PortAudio's devices and reopens the same device in the same format with
+    exponential backoff. The ring and the worker carry on; the first block after the outage is marked as
+    following a loss, so the worker ends the utterance and records the gap. Driven by ``check()`` from the
+    main thread."""
+
+    def __init__(
+        self,
+        sd: ModuleType,
+        settings: CaptureSettings,
+        fmt: InputFormat,
+        ring: Ring,
+        status: Status,
+        log: Any,
+        first_audio_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sd = sd
+        # Reopen in exactly the format the ring was built for.
+        self._settings = dataclasses.replace(settings, samplerate=fmt.samplerate, channels=fmt.channels)
+        self._fmt = fmt
+        self._ring = ring
+        self._status = status
+        self._log = log
+        self._first_audio_s = first_audio_s
+        self._clock = clock
+        self.capture: Capture | None = Capture(sd, fmt, ring, status)
+        self._seen = -1
+        self._last_progress = clock()
+        self._lost_at = 0.0
+        self._attempts = 0
+        self._next_attempt = 0.0
+
+    def start(self) -> None:
+        assert self.capture is not None
+        self.capture.start()
+        self._last_progress = self._clock() + self._first_audio_s - STALL_S  # first blocks can be slow
+
+    def check(self) -> None:
+        now = self._clock()
+        if self.capture is not None:
+            total = self._status.total_chunks.load()
+            if total != self._seen:
+                self._seen, self._last_progress = total, now
+            if self.capture.finished:
+                reason = "the stream ended"
+            elif not self.capture.active:
+                reason = "the stream is inactive"
+            elif now - self._last_progress > STALL_S:
+                reason = f"no audio for {now - self._last_progress:.1f}s"
+            else:
+                return
+            self._log.warning("capture_lost", device=self._fmt.name, reason=reason)
+            self.capture.abort()
+            self.capture = None
+            self._lost_at, self._attempts, self._next_attempt = now, 0, now
+        if now >= self._next_attempt:
+            self._reopen(now)
+
+    def _reopen(self, now: float) -> None:
+        self._attempts += 1
+        try:
+            # PortAudio freezes its device list at initialisation: a device that came back is only
+            # visible after a re-initialisation.
+            self._sd._terminate()
+            self._sd._initialize()
+            fmt = choose_format(self._sd, self._settings)
+            if fmt.block_frames != self._fmt.block_frames:
+                raise DeviceError(f"device now runs at {fmt.samplerate} Hz, not {self._fmt.samplerate}")
+            self._ring.mark_loss()
+            capture = Capture(self._sd, fmt, self._ring, self._status)
+            capture.start()
+        except Exception as e:  # PortAudio and our DeviceError alike: try again later
+            delay = min(BACKOFF_S[0] * 2 ** (self._attempts - 1), BACKOFF_S[1])
+            self._next_attempt = now + delay
+            self._log.warning(
+                "capture_reopen_failed",
+                device=self._fmt.name,
+                attempt=self._attempts,
+                retry_in_s=delay,
+                error=str(e),
+            )
+            return
+        self.capture = capture
+        self._status.stream_restarts.inc()
+        self._last_progress = now + self._first_audio_s - STALL_S
+        self._log.warning(
+            "capture_restored",
+            device=fmt.name,
+            attempts=self._attempts,
+            after_s=round(now - self._lost_at, 3),
+        )
+
+    def stop(self) -> None:
+        if self.capture is not None:
+            self.capture.stop()
+            self.capture = None

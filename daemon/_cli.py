@@ -15,7 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__, _config, _exits, _status
+from ._histogram import BOUNDS_US, HISTOGRAMS
 from ._paths import STATUS_FILE, find_runtime_dir
+from ._top import percentiles
 
 
 def _fail(message: str, code: int) -> int:
@@ -60,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="show the running daemon's live metrics")
     st.add_argument("--json", action="store_true", help="every field as one JSON object")
+    sub.add_parser("top", help="live view of the running daemon (a line a second when not on a terminal)")
     return p
 
 
@@ -74,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _lifecycle(args)
         if args.command == "devices":
             return _devices()
+        if args.command == "top":
+            from . import _top
+
+            return _top.run()
         return _show_status(args.json)
     except KeyboardInterrupt:
         return 130
@@ -99,6 +106,7 @@ def _run_daemon(settings: _config.Settings, on_ready: Callable[[], None] | None 
     from ._capture import DeviceError, PortAudioMissing
     from ._inference import ModelError
     from ._paths import AlreadyRunning
+    from ._prometheus import ExporterError
     from ._sinks import SinkError
 
     _logging.configure(settings.log)
@@ -114,6 +122,8 @@ def _run_daemon(settings: _config.Settings, on_ready: Callable[[], None] | None 
         return _fail(str(e), _exits.CANT_CREATE)
     except AlreadyRunning as e:
         return _fail(str(e), _exits.ALREADY_RUNNING)
+    except ExporterError as e:
+        return _fail(str(e), _exits.CONFIG)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -215,6 +225,7 @@ def _show_status(as_json: bool) -> int:
     uptime_s = (now_us - live.started_us) / 1e6
     if as_json:
         out = {"pid": live.pid, "uptime_s": round(uptime_s, 3), "updated_age_s": age_s, **snap.to_dict()}
+        out |= {"info": live.info, "latency": live.latency.to_dict(), "latency_bounds_us": BOUNDS_US}
         print(json.dumps(out))
     else:
         print(f"audiod running, pid {live.pid}, up {_duration(uptime_s)}, state {snap.state_name()}")
@@ -225,6 +236,8 @@ def _show_status(as_json: bool) -> int:
             f"transcripts {snap.transcripts} (write errors {snap.sink_errors}) | "
             f"inference {snap.inference_time_ms}ms for {snap.inference_audio_ms}ms of audio"
         )
+        quantiles = (f"{h} {'/'.join(percentiles(getattr(live.latency, h)))}" for h in HISTOGRAMS)
+        print("latency p50/p95/p99: " + " | ".join(quantiles))
     if age_s is not None and age_s > STALE_AFTER_S:
         return _fail(
             f"pid {live.pid} has not updated its status for {age_s:.0f}s: hung?", _exits.STATUS_UNKNOWN

@@ -7,6 +7,8 @@ Every key is documented twice on purpose: here (for code) and in ``config/audiod
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
 import math
 import os
 import tomllib
@@ -43,6 +45,9 @@ class CaptureSettings:
 class RingSettings:
     capacity_s: float = field(
         default=30.0, metadata={"doc": "audio the ring holds before dropping", "min": 0.05}
+    )
+    max_lag_s: float = field(
+        default=5.0, metadata={"doc": "the worker skips audio older than this", "min": 0.5, "max": 3600}
     )
 
 
@@ -102,6 +107,18 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PrometheusSettings:
+    enabled: bool = field(default=False, metadata={"doc": "serve /metrics for Prometheus"})
+    address: str = field(default="127.0.0.1", metadata={"doc": "listen address; the default is local only"})
+    port: int = field(default=9848, metadata={"doc": "listen port", "min": 1, "max": 65535})
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    prometheus: PrometheusSettings = PrometheusSettings()
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     capture: CaptureSettings = CaptureSettings()
     ring: RingSettings = RingSettings()
@@ -110,9 +127,10 @@ class Settings:
     transcript: TranscriptSettings = TranscriptSettings()
     poller: PollerSettings = PollerSettings()
     log: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
 
-_TYPES: dict[str, type] = {"int": int, "float": float, "str": str}
+_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
 
 
 def _coerce(where: str, key: str, spec: dataclasses.Field[Any], value: Any) -> Any:
@@ -121,7 +139,9 @@ def _coerce(where: str, key: str, spec: dataclasses.Field[Any], value: Any) -> A
     if spec.metadata.get("int_ok") and isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     # bool is an int subclass in Python; `block_ms = true` is a mistake, not 1.
-    if isinstance(value, bool) or not isinstance(value, (int, float) if want is float else want):
+    if isinstance(value, bool) != (want is bool) or not isinstance(
+        value, (int, float) if want is float else want
+    ):
         raise ConfigError(f"{bad} expected {want.__name__}")
     if isinstance(value, (int, float)) and want is float:
         value = float(value)
@@ -137,24 +157,42 @@ def _coerce(where: str, key: str, spec: dataclasses.Field[Any], value: Any) -> A
     return value
 
 
+def _name(key: str) -> str:
+    """A key as TOML would quote it when it is not a bare word, so that the error stays on one line."""
+    return key if key.replace("_", "a").replace("-", "a").isalnum() and key.isascii() else json.dumps(key)
+
+
+def _did_you_mean(word: str, known: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return f": did you mean {close[0]!r}?" if close else f" (known: {', '.join(known)})"
+
+
 def from_mapping(data: Mapping[str, Any], where: str = "<config>") -> Settings:
     """Build settings from parsed TOML, rejecting unknown sections and keys (typos must not pass silently)."""
     sections = {f.name: f for f in fields(Settings)}
     built: dict[str, Any] = {}
     for name, table in data.items():
         if name not in sections:
-            raise ConfigError(f"{where}: unknown section [{name}] (known: {', '.join(sections)})")
+            raise ConfigError(f"{where}: unknown section [{_name(name)}]{_did_you_mean(name, sections)}")
         if not isinstance(table, Mapping):
-            raise ConfigError(f"{where}: {name} must be a table, got {table!r}")
-        cls: type[Any] = type(getattr(Settings(), name))
-        specs = {f.name: f for f in fields(cls)}
-        values = {}
-        for key, value in table.items():
-            if key not in specs:
-                raise ConfigError(f"{where}: unknown key {name}.{key} (known: {', '.join(specs)})")
-            values[key] = _coerce(where, f"{name}.{key}", specs[key], value)
-        built[name] = cls(**values)
+            raise ConfigError(f"{where}: {_name(name)} must be a table, got {table!r}")
+        built[name] = _table(type(getattr(Settings(), name)), table, where, name)
     return Settings(**built)
+
+
+def _table(cls: type[Any], table: Mapping[str, Any], where: str, name: str) -> Any:
+    specs = {f.name: f for f in fields(cls)}
+    values = {}
+    for key, value in table.items():
+        if key not in specs:
+            raise ConfigError(f"{where}: unknown key {name}.{_name(key)}{_did_you_mean(key, specs)}")
+        if dataclasses.is_dataclass(specs[key].default):  # a nested table, e.g. [metrics.prometheus]
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}: {name}.{key} must be a table, got {value!r}")
+            values[key] = _table(type(specs[key].default), value, where, f"{name}.{key}")
+        else:
+            values[key] = _coerce(where, f"{name}.{key}", specs[key], value)
+    return cls(**values)
 
 
 def load(path: Path | None) -> Settings:

@@ -20,14 +20,16 @@ from types import FrameType, ModuleType
 import structlog
 
 from . import _exits
-from ._capture import Capture, DeviceError, InputFormat, choose_format, portaudio
+from ._capture import DeviceError, InputFormat, StreamKeeper, choose_format, portaudio
 from ._config import Settings
+from ._events import CounterEvents
 from ._inference import StreamFormat, Transcriber, Worker
 from ._notify import Supervisor, Watchdog, notify, status_line
 from ._paths import PID_FILE, STATUS_FILE, PidFile, ensure_private_dir, runtime_dir, state_dir
 from ._poller import Poller, Subscriber
+from ._prometheus import Exporter
 from ._ring import Ring
-from ._sinks import JsonlSink
+from ._sinks import JsonlSink, Outbox
 from ._status import LOADING, RUNNING, STOPPING, Status
 from ._vad import Segmenter, SileroStream
 
@@ -51,7 +53,7 @@ def run(
     sd = portaudio()
     fmt = choose_format(sd, settings.capture)
     rundir = ensure_private_dir(runtime_dir())
-    with PidFile(rundir / PID_FILE):
+    with PidFile(rundir / PID_FILE), Exporter(settings.metrics.prometheus, rundir / STATUS_FILE):
         return _run_locked(settings, log, sd, fmt, rundir, subscribers, on_ready)
 
 
@@ -83,12 +85,15 @@ def _run_locked(
             status,
             Segmenter(settings.vad, SileroStream()),
             transcriber.transcribe,
-            sink,
+            Outbox(sink, status),
+            settings.ring.max_lag_s,
         )
-        capture = Capture(sd, fmt, ring, status)
+        keeper = StreamKeeper(sd, settings.capture, fmt, ring, status, log, FIRST_AUDIO_TIMEOUT_S)
         supervisor = Supervisor(Watchdog.from_env())
-        poller = Poller(status, settings.poller.interval_ms / 1000, (supervisor, *subscribers))
-        return _serve(log, status, capture, worker, poller, sink, fmt.name, on_ready)
+        poller = Poller(
+            status, settings.poller.interval_ms / 1000, (supervisor, CounterEvents(), *subscribers)
+        )
+        return _serve(log, status, keeper, fmt, worker, poller, sink, on_ready)
     finally:
         status.close()
 
@@ -96,11 +101,11 @@ def _run_locked(
 def _serve(
     log: structlog.typing.FilteringBoundLogger,
     status: Status,
-    capture: Capture,
+    keeper: StreamKeeper,
+    fmt: InputFormat,
     worker: Worker,
     poller: Poller,
     sink: JsonlSink,
-    device_name: str,
     on_ready: Callable[[], None] | None,
 ) -> int:
     stop = threading.Event()
@@ -114,7 +119,7 @@ def _serve(
 
     def shutdown() -> bool:
         """Stop capture, let the worker drain the ring and the utterance in progress; False if it hung."""
-        capture.stop()
+        keeper.stop()
         worker.stop()
         worker.join(DRAIN_TIMEOUT_S)
         poller.stop()
@@ -123,32 +128,32 @@ def _serve(
         return not worker.is_alive()
 
     worker.start()
-    capture.start()
+    keeper.start()
     poller.start()
     # "Running" means audio is flowing, not merely that the stream opened: some devices (ALSA's pulse
     # plugin) take a second or two to deliver the first block, and a dead one never does.
     deadline = time.monotonic() + FIRST_AUDIO_TIMEOUT_S
     while status.total_chunks.load() == 0:
-        if time.monotonic() > deadline or capture.finished or stop.is_set():
+        if time.monotonic() > deadline or (keeper.capture and keeper.capture.finished) or stop.is_set():
             shutdown()
             if stop.is_set():
                 return _exits.OK
-            raise DeviceError(
-                f"no audio from input device {device_name!r} within {FIRST_AUDIO_TIMEOUT_S:.0f}s"
-            )
+            raise DeviceError(f"no audio from input device {fmt.name!r} within {FIRST_AUDIO_TIMEOUT_S:.0f}s")
         time.sleep(0.01)
     status.state.store(RUNNING)
     notify("READY=1", f"STATUS={status_line(status.snapshot())}")
-    fmt = capture.format
     log.info(
         "started",
         pid=os.getpid(),
-        device=f"{fmt.device}: {device_name}",
+        device=f"{fmt.device}: {fmt.name}",
         samplerate=fmt.samplerate,
         channels=fmt.channels,
         block_frames=fmt.block_frames,
         ring_blocks=status.ring_capacity.load(),
         transcript=str(sink.path),
+    )
+    status.write_info(
+        device=f"{fmt.device}: {fmt.name}", samplerate=fmt.samplerate, transcript=str(sink.path)
     )
     if on_ready is not None:
         on_ready()
@@ -162,10 +167,7 @@ def _serve(
             log.error("worker_died", error=repr(worker.error))
             code = _exits.FAILURE
             break
-        if capture.finished:
-            log.error("capture_stopped", device=device_name, reason="the input stream ended")
-            code = _exits.NO_DEVICE
-            break
+        keeper.check()
     status.state.store(STOPPING)
     notify("STOPPING=1", "STATUS=stopping: transcribing what is buffered")
     log.info("stopping")

@@ -8,6 +8,7 @@ the status block: lag, the last run's compute time and audio span, heartbeats.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 import time
@@ -22,7 +23,7 @@ import structlog
 
 from ._config import BUNDLED_MODEL, InferenceSettings
 from ._ring import Drained, Ring
-from ._sinks import JsonlSink, SinkError
+from ._sinks import Outbox
 from ._status import Status
 from ._vad import RATE, Audio, Segmenter, Utterance
 
@@ -147,7 +148,8 @@ class Worker(threading.Thread):
         status: Status,
         segmenter: Segmenter,
         transcribe: TranscribeFn,
-        sink: JsonlSink,
+        outbox: Outbox,
+        max_lag_s: float = math.inf,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(name="audiod-inference", daemon=True)
@@ -156,7 +158,8 @@ class Worker(threading.Thread):
         self._status = status
         self._segmenter = segmenter
         self._transcribe = transcribe
-        self._sink = sink
+        self._outbox = outbox
+        self._max_lag_s = max_lag_s
         self._clock = clock
         self._to16k = _To16kMono(fmt.samplerate)
         self._stopping = threading.Event()
@@ -166,6 +169,7 @@ class Worker(threading.Thread):
         # never accumulates beyond one batch.
         self._anchor_index = 0
         self._anchor_time = 0.0
+        self._consumed_until: float | None = None  # end of the newest audio consumed, epoch s
         self.error: BaseException | None = None
 
     def stop(self) -> None:
@@ -187,6 +191,7 @@ class Worker(threading.Thread):
             if self._hang_file:
                 while os.path.exists(self._hang_file):
                     time.sleep(0.05)
+            self._outbox.retry()
             batch = self._ring.drain()
             if batch is not None:
                 self._consume(batch)
@@ -195,24 +200,60 @@ class Worker(threading.Thread):
             else:
                 self._stopping.wait(poll)
         self._end_stream()
+        self._outbox.retry(now=True)
+        if self._outbox.pending:  # their words are in the log already (transcript_not_written)
+            self._log.error(
+                "transcripts_unwritten", count=self._outbox.pending, path=str(self._outbox.sink.path)
+            )
 
     def _consume(self, batch: Drained) -> None:
+        st = self._status
         block_s = self._fmt.block_s
-        # Where audio was lost (a drop, an xrun) the stream is not continuous: the utterance in progress
-        # ends there, and the wall-clock anchor restarts from the next block's own capture time.
-        cuts = np.flatnonzero(batch.breaks).tolist()
-        bounds = [0, *(c for c in cuts if c), len(batch)]
+        frames, times, breaks = batch.frames, batch.times, batch.breaks.copy()
+        # Overload: never work on audio older than max_lag_s. Skip the oldest blocks (and count them) so
+        # the lag stays bounded when the model is slower than real time.
+        stale = int(np.count_nonzero(times + block_s < self._clock() - self._max_lag_s))
+        if stale:
+            st.skipped_chunks.add(stale)
+            frames, times, breaks = frames[stale:], times[stale:], breaks[stale:]
+            if len(times):
+                breaks[0] = True
+        if not len(times):
+            return
+        st.audio_processed_ms.add(round(len(times) * block_s * 1000))
+        # A misbehaving driver can deliver NaN or inf: zero them (and count) before they reach the models.
+        finite = np.isfinite(frames)
+        if not finite.all():
+            st.nonfinite_blocks.add(int(np.count_nonzero(~finite.all(axis=(1, 2)))))
+            frames = np.where(finite, frames, np.float32(0))
+        # Where audio was lost (a drop, a skip, an xrun, a reopened device) the stream is not continuous:
+        # the utterance in progress ends there, the gap is recorded, and the wall-clock anchor restarts
+        # from the next block's own capture time.
+        bounds = [0, *np.flatnonzero(breaks[1:]) + 1, len(times)]
         for a, b in itertools.pairwise(bounds):
-            if batch.breaks[a]:
+            if breaks[a]:
                 self._end_stream()
+                if self._consumed_until is not None and times[a] - self._consumed_until > block_s / 2:
+                    self._gap(self._consumed_until, float(times[a]))
             self._anchor_index = self._segmenter.position
-            self._anchor_time = float(batch.times[a])
-            for u in self._segmenter.feed(self._to16k(batch.frames[a:b])):
+            self._anchor_time = float(times[a])
+            for u in self._segmenter.feed(self._to16k(frames[a:b])):
                 self._emit(u)
-        newest = float(batch.times[-1]) + block_s
-        self._status.audio_processed_ms.add(round(len(batch) * block_s * 1000))
-        self._status.consumed_until_us.store(round(newest * 1e6))
-        self._status.audio_lag_ms.store(round((self._clock() - newest) * 1000))
+        self._consumed_until = float(times[-1]) + block_s
+        st.consumed_until_us.store(round(self._consumed_until * 1e6))
+        st.audio_lag_ms.store(round((self._clock() - self._consumed_until) * 1000))
+        st.latency.capture.observe_ages(times + block_s, self._clock())
+
+    def _gap(self, start: float, end: float) -> None:
+        """Audio from ``start`` to ``end`` was not transcribed: say so in the transcript and the log."""
+        record = {
+            "type": "gap",
+            "start": round(start, 3),
+            "end": round(end, 3),
+            "seconds": round(end - start, 3),
+        }
+        self._log.warning("gap", **record)
+        self._outbox.put(record)
 
     def _end_stream(self) -> None:
         tail = self._to16k(np.zeros((0, self._fmt.channels), dtype=np.float32), last=True)
@@ -234,28 +275,21 @@ class Worker(threading.Thread):
         st.inference_time_ms.store(compute_ms)
         st.inference_audio_ms.store(round(len(u.audio) * 1000 / RATE))
         st.inference_runs.inc()
+        st.latency.inference.observe_ms(compute_ms)
         start, end = self._wall(u.start_sample), self._wall(u.end_sample)
         if not text:
             st.discarded_utterances.inc()
             self._log.debug("no_speech", start=start, end=end, inference_ms=compute_ms)
             return
         emitted = self._clock()
-        latency_ms = round((emitted - end) * 1000)
-        record: dict[str, Any] = {
-            "text": text,
-            "start": round(start, 3),
-            "end": round(end, 3),
-            "emitted_at": round(emitted, 3),
-            "latency_ms": latency_ms,
-            "inference_ms": compute_ms,
-        }
-        try:
-            record = self._sink.write(record)
-        except SinkError as e:
-            st.sink_errors.inc()
-            # The journal still gets the words, so a disk error loses no transcript outright.
-            self._log.error("transcript_not_written", error=str(e), **record)
-            return
-        st.transcripts.inc()
-        st.last_latency_ms.store(latency_ms)
-        self._log.info("transcript", **record)
+        self._outbox.put(
+            {
+                "type": "transcript",
+                "text": text,
+                "start": round(start, 3),
+                "end": round(end, 3),
+                "emitted_at": round(emitted, 3),
+                "latency_ms": round((emitted - end) * 1000),
+                "inference_ms": compute_ms,
+            }
+        )

@@ -133,10 +133,14 @@ def _kv(value: object) -> str:
 
 
 class JournalRenderer:
-    """Final structlog processor: event dict → native-protocol journal entry (bytes)."""
+    """Final structlog processor: event dict → native-protocol journal entry (bytes).
 
-    def __init__(self, identifier: str = "audiod") -> None:
+    ``message_ids`` maps event names to journald ``MESSAGE_ID``s (32 hex digits), so the events people
+    search for are found by ``journalctl MESSAGE_ID=...`` whatever their text."""
+
+    def __init__(self, identifier: str = "audiod", message_ids: Mapping[str, str] | None = None) -> None:
         self.identifier = identifier
+        self.message_ids = dict(message_ids or {})
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> bytes:
         if event_dict.get("exc_info") and "exception" not in event_dict:
@@ -155,6 +159,8 @@ class JournalRenderer:
             encode_field("SYSLOG_IDENTIFIER", _to_bytes(self.identifier)),
             encode_field("EVENT", _to_bytes(event)),
         ]
+        if message_id := self.message_ids.get(event):
+            fields.append(encode_field("MESSAGE_ID", message_id.encode("ascii")))
         code_file = event_dict.get("pathname", event_dict.get("filename"))
         for name, value in (
             ("CODE_FILE", code_file),

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 import structlog
 
 from ._config import LogSettings
+from ._events import MESSAGE_IDS
 from ._journal import JournalLoggerFactory, JournalRenderer, stderr_is_journal
 
 
@@ -34,7 +35,7 @@ def configure(settings: LogSettings, stream: TextIO | None = None) -> None:
                 [cp.PATHNAME, cp.LINENO, cp.FUNC_NAME, cp.THREAD_NAME]
             ),
             structlog.processors.format_exc_info,
-            JournalRenderer(),
+            JournalRenderer(message_ids=MESSAGE_IDS),
         ]
         logger_factory = JournalLoggerFactory()
     else:

@@ -38,9 +38,10 @@ class Poller(threading.Thread):
         st = self._status
         now_us = time.time_ns() // 1000
         st.updated_us.store(now_us)
-        # The worker sets the lag when it consumes audio; refreshing it here makes a stalled worker show
-        # as a growing lag instead of a frozen one.
-        if until := st.consumed_until_us.load():
+        # The worker sets the lag when it consumes audio. While audio waits in the ring, refreshing it here
+        # makes a stalled worker show as a growing lag instead of a frozen one; with the ring empty the
+        # worker is caught up (or the device is gone, which is not lag) and its value stands.
+        if (until := st.consumed_until_us.load()) and st.ring_written.load() > st.ring_read.load():
             st.audio_lag_ms.store((now_us - until) // 1000)
         snap = st.snapshot()
         self._log.info("metrics", **snap.to_dict())

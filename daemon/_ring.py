@@ -78,6 +78,11 @@ class Ring:
         self._write_pos.store(w + 1)
         return True
 
+    def mark_loss(self) -> None:
+        """Audio was lost upstream (the stream was reopened): the next block pushed starts a new run.
+        Producer side: call only while no callback is running."""
+        self._broken = True
+
     # -- consumer (inference worker thread) ----------------------------------------------------------------
     def drain(self, max_blocks: int | None = None) -> Drained | None:
         """Take the published blocks (copied out, oldest first); None when the ring is empty."""

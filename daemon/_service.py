@@ -116,15 +116,32 @@ def restart(run_args: Sequence[str]) -> int:
     return start(run_args)
 
 
-def install_unit(user: bool) -> int:
-    """Copy the shipped unit, with ExecStart pointing at this installation's ``audiod``."""
+def render_unit(user: bool) -> str:
+    """The shipped unit, ExecStart pointing at this installation's ``audiod``. Raises FileNotFoundError."""
     name = "audiod-user.service" if user else "audiod.service"
     source = Path(__file__).resolve().parent.parent / "systemd" / name
-    if not source.is_file():
-        _say(f"unit file {source} not found (install from a source checkout, or copy systemd/{name} by hand)")
-        return _exits.FAILURE
-    exe = shutil.which("audiod") or str(Path(sys.argv[0]).resolve())
+    beside = Path(sys.executable).parent / "audiod"  # the console script of this interpreter's environment
+    exe = str(beside) if beside.exists() else shutil.which("audiod") or str(Path(sys.argv[0]).resolve())
     unit = re.sub(r"^ExecStart=\S+", f"ExecStart={exe}", source.read_text(), count=1, flags=re.M)
+    homes = ("/home/", "/root/", "/run/user/")
+    needed = sorted(
+        {p for p in (exe, sys.prefix, sys.base_prefix, str(source.parent.parent)) if p.startswith(homes)}
+    )
+    if not user and needed:
+        # ProtectHome=yes hides a virtualenv or checkout under a home directory (the unit would fail with
+        # 203/EXEC); an empty tmpfs over /home with just these paths bound read-only keeps the rest hidden.
+        unit = re.sub(r"^ProtectHome=yes$", "ProtectHome=tmpfs", unit, count=1, flags=re.M)
+        unit = unit.replace("[Install]", f"BindReadOnlyPaths={' '.join(needed)}\n\n[Install]", 1)
+    return unit
+
+
+def install_unit(user: bool) -> int:
+    """Install the unit for this installation and reload systemd."""
+    try:
+        unit = render_unit(user)
+    except FileNotFoundError as e:
+        _say(f"unit file {e.filename} not found (install from a source checkout, or copy it from systemd/)")
+        return _exits.FAILURE
     if user:
         xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
         target = Path(xdg) / "systemd" / "user" / UNIT
@@ -139,7 +156,5 @@ def install_unit(user: bool) -> int:
     scope = ["--user"] if user else []
     if os.path.isdir("/run/systemd/system"):
         subprocess.run(["systemctl", *scope, "daemon-reload"], check=False)
-    print(
-        f"installed {target} (ExecStart={exe}); enable with: systemctl {' '.join(scope)} enable --now audiod"
-    )
+    print(f"installed {target}; enable with: systemctl {' '.join(scope)} enable --now audiod")
     return _exits.OK

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
 import stat
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import structlog
+
+from ._status import Status
 
 _TAIL = 65536  # enough to find the last complete line of any transcript
 
@@ -66,6 +73,7 @@ class JsonlSink:
         with self._lock:
             record = {"seq": self.next_seq, **record}
             data = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+            self._follow_path()
             start = -1
             try:
                 start = os.fstat(self._fd).st_size
@@ -81,6 +89,19 @@ class JsonlSink:
             self.next_seq += 1
             return record
 
+    def _follow_path(self) -> None:
+        """If the file was removed or replaced under us, write to a new one at the path: lines written to
+        an unlinked inode would be lost."""
+        try:
+            same = os.path.samestat(os.stat(self.path), os.fstat(self._fd))
+        except OSError:
+            same = False
+        if not same:
+            with contextlib.suppress(SinkError):  # if it cannot be reopened yet, the write below fails
+                fd = self._open()
+                os.close(self._fd)
+                self._fd = fd
+
     def reopen(self) -> None:
         """For log rotation (SIGHUP): later lines go to a fresh file at the same path."""
         with self._lock:
@@ -93,3 +114,65 @@ class JsonlSink:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+
+
+PENDING_LIMIT = 1000  # transcripts held while the disk is full: hours of speech, a few hundred KB
+RETRY_S = 1.0
+
+
+class Outbox:
+    """Records on their way to the sink, written in order. While the sink fails (disk full, permissions,
+    a missing directory) they wait in memory, bounded, and are retried every ``RETRY_S``; the words are in
+    the log from the first failure, so even an overflow of the queue loses no text outright."""
+
+    def __init__(self, sink: JsonlSink, status: Status, clock: Callable[[], float] = time.monotonic) -> None:
+        self.sink = sink
+        self._status = status
+        self._clock = clock
+        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._retry_at = 0.0
+        self._failing = False
+        self._log = structlog.get_logger("audiod.sinks")
+
+    def put(self, record: dict[str, Any]) -> None:
+        if len(self._pending) >= PENDING_LIMIT:
+            lost = self._pending.popleft()
+            self._log.error("transcript_lost", reason="too many transcripts waiting for the disk", **lost)
+        self._pending.append(record)
+        self._flush(first_try=record)
+
+    def retry(self, now: bool = False) -> None:
+        """Called from the worker's loop: write what waits, at most every ``RETRY_S`` unless ``now``."""
+        if self._pending and (now or self._clock() >= self._retry_at):
+            self._flush()
+
+    def _flush(self, first_try: dict[str, Any] | None = None) -> None:
+        st = self._status
+        while self._pending:
+            try:
+                written = self.sink.write(self._pending[0])
+            except SinkError as e:
+                st.sink_errors.inc()
+                self._retry_at = self._clock() + RETRY_S
+                if first_try is not None:  # each record's words reach the log once, not every retry
+                    self._log.error(
+                        "transcript_not_written", error=str(e), pending=len(self._pending), **first_try
+                    )
+                self._failing = True
+                break
+            self._pending.popleft()
+            if self._failing:
+                self._failing = False
+                self._log.warning(
+                    "transcript_file_recovered", path=str(self.sink.path), waiting=len(self._pending)
+                )
+            if written.get("type") == "transcript":
+                st.transcripts.inc()
+                st.last_latency_ms.store(written["latency_ms"])
+                st.latency.transcript.observe_ms(written["latency_ms"])
+                self._log.info("transcript", **written)
+        st.sink_pending.store(len(self._pending))
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)

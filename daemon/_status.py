@@ -13,13 +13,21 @@ File layout, version ``LAYOUT_VERSION``, little-endian::
     12  u32  number of fields
     16  i64  pid of the writer
     24  i64  writer start time, epoch microseconds
-    32  ...  reserved (zero) up to HEADER_SIZE
+    32  u32  number of histograms
+    36  u32  buckets per histogram
+    40  ...  reserved (zero) up to HEADER_SIZE
     64  8 bytes per field, in ``Snapshot`` field order
+    ..  the histogram region (``_histogram``): per histogram, in ``HISTOGRAMS`` order, one u64 per bucket,
+        then the u64 sum of observations in microseconds
+
+Beside the block, ``status.json`` holds what does not change while the daemon runs (device, transcript file)
+for ``audiod top``; it is written once after start and removed with the block.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import mmap
 import os
 import struct
@@ -30,9 +38,12 @@ from typing import Any, ClassVar, Protocol
 
 import atomics
 
+from ._histogram import BUCKETS, HISTOGRAMS, SLOTS, HistogramSet, Latencies
+
 MAGIC = b"AUDIODS\0"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 HEADER = struct.Struct("<8sIIqq")
+GEOMETRY = struct.Struct("<II")  # right after HEADER: histograms, buckets per histogram
 HEADER_SIZE = 64
 
 STATE_NAMES = ("starting", "loading", "running", "stopping")
@@ -56,10 +67,14 @@ class Snapshot:
     inference_runs: int = _f("model runs since start")
     total_chunks: int = _f("blocks delivered by the audio callback")
     dropped_chunks: int = _f("blocks dropped because the ring was full (backpressure)")
+    skipped_chunks: int = _f("blocks the worker skipped unprocessed to keep its lag under max_lag_s")
+    stream_restarts: int = _f("times the input stream was lost and reopened")
+    nonfinite_blocks: int = _f("blocks with NaN or infinite samples (zeroed before use)")
     xruns: int = _f("input overflows reported by PortAudio (audio lost before our callback)")
     callback_errors: int = _f("exceptions caught in the audio callback")
     transcripts: int = _f("transcript lines written")
-    sink_errors: int = _f("transcripts that could not be written to the transcript file")
+    sink_errors: int = _f("failed attempts to write the transcript file")
+    sink_pending: int = _f("transcripts held in memory until the transcript file can be written again")
     discarded_utterances: int = _f("speech segments the model judged to hold no speech")
     audio_processed_ms: int = _f("audio the worker has consumed since start, ms")
     ring_capacity: int = _f("ring size, blocks")
@@ -72,8 +87,10 @@ class Snapshot:
     state: int = _f("0 starting, 1 loading model, 2 running, 3 stopping")
 
     def drop_rate(self) -> float:
-        """Dropped blocks over all blocks the callback delivered (0 before the first)."""
-        return self.dropped_chunks / self.total_chunks if self.total_chunks else 0.0
+        """Blocks lost (dropped when the ring was full, or skipped to bound the lag) over all blocks the
+        callback delivered (0 before the first)."""
+        lost = self.dropped_chunks + self.skipped_chunks
+        return lost / self.total_chunks if self.total_chunks else 0.0
 
     def real_time_factor(self) -> float:
         """Last model run's compute time over the duration of the audio it covered; < 1 is faster than real
@@ -103,7 +120,9 @@ class Snapshot:
 
 
 FIELDS = tuple(f.name for f in fields(Snapshot))
-SIZE = HEADER_SIZE + 8 * len(FIELDS)
+HIST_OFFSET = HEADER_SIZE + 8 * len(FIELDS)
+SIZE = HIST_OFFSET + 8 * SLOTS * len(HISTOGRAMS)
+INFO_SUFFIX = ".json"
 
 
 class Atomic(Protocol):
@@ -128,15 +147,27 @@ class _Block:
             )
             self._contexts.append(ctx)
             self._atomics.append(ctx.__enter__())  # held for the block's lifetime; released in close()
+        slots = []
+        for off in range(HIST_OFFSET, SIZE, 8):
+            ctx = atomics.atomicview(buffer=self._view[off : off + 8], atype=atomics.UINT)
+            self._contexts.append(ctx)
+            slots.append(ctx.__enter__())
+        self.latency = HistogramSet(slots)
 
     def snapshot(self) -> Snapshot:
         return Snapshot(*[a.load() for a in self._atomics])
+
+    def latencies(self) -> Latencies:
+        """The histograms, one load per bucket (separate from ``snapshot()``, which the poller takes ten
+        times a second and which stays cheap)."""
+        return self.latency.snapshot()
 
     def close(self) -> None:
         for ctx in self._contexts:
             ctx.__exit__(None, None, None)
         self._contexts.clear()
         self._atomics.clear()
+        del self.latency
         self._view.release()
         self._buf.close()
 
@@ -151,10 +182,14 @@ class Status(_Block):
     inference_runs: Atomic
     total_chunks: Atomic
     dropped_chunks: Atomic
+    skipped_chunks: Atomic
+    stream_restarts: Atomic
+    nonfinite_blocks: Atomic
     xruns: Atomic
     callback_errors: Atomic
     transcripts: Atomic
     sink_errors: Atomic
+    sink_pending: Atomic
     discarded_utterances: Atomic
     audio_processed_ms: Atomic
     ring_capacity: Atomic
@@ -178,8 +213,19 @@ class Status(_Block):
     def in_memory(cls) -> Status:
         """A private block (tests, tools): same code, no file."""
         buf = mmap.mmap(-1, SIZE)
-        buf[: HEADER.size] = HEADER.pack(MAGIC, LAYOUT_VERSION, len(FIELDS), os.getpid(), _now_us())
+        buf[: HEADER.size + GEOMETRY.size] = _header()
         return cls(buf, None)
+
+    def write_info(self, **info: str | int) -> None:
+        """Record facts for readers that are not counters (device, transcript file), atomically."""
+        if self.path is None:
+            return
+        path = info_path(self.path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), **info}, f)
+        os.replace(tmp, path)
 
     @classmethod
     def create(cls, path: Path) -> Status:
@@ -188,8 +234,7 @@ class Status(_Block):
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            header = HEADER.pack(MAGIC, LAYOUT_VERSION, len(FIELDS), os.getpid(), _now_us())
-            os.write(fd, header.ljust(SIZE, b"\0"))
+            os.write(fd, _header().ljust(SIZE, b"\0"))
             buf = mmap.mmap(fd, SIZE)
             os.replace(tmp, path)
         except BaseException:
@@ -207,6 +252,7 @@ class Status(_Block):
                 # Only our own file: a newer daemon may have replaced it.
                 if _read_header(self.path)[3] == os.getpid():
                     self.path.unlink()
+                    info_path(self.path).unlink(missing_ok=True)
         super().close()
 
 
@@ -222,6 +268,15 @@ class NotRunning(StatusFileError):
 
 def _now_us() -> int:
     return time.time_ns() // 1000
+
+
+def _header() -> bytes:
+    header = HEADER.pack(MAGIC, LAYOUT_VERSION, len(FIELDS), os.getpid(), _now_us())
+    return header + GEOMETRY.pack(len(HISTOGRAMS), BUCKETS)
+
+
+def info_path(status_path: Path) -> Path:
+    return status_path.with_name(status_path.name + INFO_SUFFIX)
 
 
 def _read_header(path: Path) -> tuple[bytes, int, int, int, int]:
@@ -248,31 +303,98 @@ class LiveStatus:
     pid: int
     started_us: int
     snapshot: Snapshot
+    latency: Latencies
+    info: dict[str, Any]  # what the daemon wrote with ``write_info`` ({} before it did)
 
 
-def read(path: Path) -> LiveStatus:
-    """Map ``path`` read-only and take one snapshot; raise ``StatusFileError`` saying what is wrong."""
+def _open(path: Path) -> tuple[int, int, _Block, tuple[int, int]]:
+    """Check ``path`` and map it read-only: (pid, start time, block, file identity). Header and mapping come
+    from one open file, so a daemon replacing the file in between cannot mix two."""
     try:
-        magic, version, nfields, pid, started = _read_header(path)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise NotRunning(f"audiod is not running (no status file at {path})") from None
     except OSError as e:
         raise StatusFileError(f"{path}: cannot read status file: {e.strerror}") from None
-    if magic != MAGIC:
-        raise StatusFileError(f"{path}: not an audiod status file (bad magic {magic!r})")
-    if version != LAYOUT_VERSION or nfields != len(FIELDS):
-        raise StatusFileError(
-            f"{path}: status layout v{version} with {nfields} fields, this audiod reads v{LAYOUT_VERSION} "
-            f"with {len(FIELDS)}: daemon and CLI are different versions"
-        )
-    if not pid_alive(pid):
-        raise NotRunning(f"audiod is not running (stale status file {path} from pid {pid})")
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size < SIZE:
-            raise StatusFileError(f"{path}: status file truncated")
-        buf = mmap.mmap(f.fileno(), SIZE, prot=mmap.PROT_READ)
-    block = _Block(buf)
     try:
-        return LiveStatus(pid=pid, started_us=started, snapshot=block.snapshot())
+        raw = os.read(fd, HEADER.size + GEOMETRY.size)
+        if len(raw) < HEADER.size:
+            raise StatusFileError(f"{path}: not an audiod status file (only {len(raw)} bytes)")
+        magic, version, nfields, pid, started = HEADER.unpack(raw[: HEADER.size])
+        if magic != MAGIC:
+            raise StatusFileError(f"{path}: not an audiod status file (bad magic {magic!r})")
+        if version != LAYOUT_VERSION or nfields != len(FIELDS):
+            raise StatusFileError(
+                f"{path}: status layout v{version} with {nfields} fields, this audiod reads "
+                f"v{LAYOUT_VERSION} with {len(FIELDS)}: daemon and CLI are different versions"
+            )
+        if not pid_alive(pid):
+            raise NotRunning(f"audiod is not running (stale status file {path} from pid {pid})")
+        st = os.fstat(fd)
+        if st.st_size < SIZE:
+            raise StatusFileError(f"{path}: status file truncated")
+        geometry = GEOMETRY.unpack(raw[HEADER.size :])
+        if geometry != (len(HISTOGRAMS), BUCKETS):
+            raise StatusFileError(
+                f"{path}: status file has {geometry[0]} histograms of {geometry[1]} buckets, this audiod "
+                f"reads {len(HISTOGRAMS)} of {BUCKETS}: daemon and CLI are different versions"
+            )
+        buf = mmap.mmap(fd, SIZE, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    return pid, started, _Block(buf), (st.st_dev, st.st_ino)
+
+
+def read(path: Path) -> LiveStatus:
+    """Map ``path`` read-only and take one snapshot; raise ``StatusFileError`` saying what is wrong."""
+    pid, started, block, _ = _open(path)
+    try:
+        snap, latency = block.snapshot(), block.latencies()
     finally:
         block.close()
+    return LiveStatus(pid=pid, started_us=started, snapshot=snap, latency=latency, info=_read_info(path, pid))
+
+
+class Reader:
+    """Reads the status file again and again (``audiod top``), keeping it mapped in between: setting up the
+    atomics of a mapping costs about 10 ms, a read of a mapped block 2 ms. Maps the file again when the
+    daemon replaced it, and says "not running" when it removed it or died."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._mapped: tuple[int, int, _Block, tuple[int, int]] | None = None
+
+    def read(self) -> LiveStatus:
+        if self._mapped is not None:
+            pid, _, _, identity = self._mapped
+            try:
+                st = os.stat(self.path)
+                same = (st.st_dev, st.st_ino) == identity and pid_alive(pid)
+            except OSError:
+                same = False
+            if not same:
+                self.close()
+        if self._mapped is None:
+            self._mapped = _open(self.path)
+        pid, started, block, _ = self._mapped
+        return LiveStatus(
+            pid=pid,
+            started_us=started,
+            snapshot=block.snapshot(),
+            latency=block.latencies(),
+            info=_read_info(self.path, pid),
+        )
+
+    def close(self) -> None:
+        if self._mapped is not None:
+            self._mapped[2].close()
+            self._mapped = None
+
+
+def _read_info(path: Path, pid: int) -> dict[str, Any]:
+    try:
+        info = json.loads(info_path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    # A file left by an earlier daemon (killed before it could remove it) describes another run.
+    return info if isinstance(info, dict) and info.get("pid") == pid else {}

@@ -61,36 +61,55 @@ class VirtualMic:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> VirtualMic:
+        try:
+            self.start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def start(self) -> None:
+        """Start the server (again, after ``stop``: the same socket, like a device coming back)."""
         need("pulseaudio", "pactl", "paplay")
         env = {**os.environ, "HOME": str(self._dir), "XDG_RUNTIME_DIR": str(self._dir)}
         env.pop("PULSE_SERVER", None)
-        self._proc = subprocess.Popen(
-            [
-                "pulseaudio",
-                "--daemonize=no",
-                "--system=false",
-                "--exit-idle-time=-1",
-                "--use-pid-file=no",
-                "--disallow-module-loading=no",
-                "--log-target=stderr",
-                "-n",  # no default.pa: only the modules below
-                f"--load=module-native-protocol-unix socket={self.socket} auth-anonymous=1",
-                f"--load=module-null-sink sink_name={SINK} rate={self.rate} channels={self.channels}",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self._dir / "pulseaudio.log", "wb"),  # lives as long as the server
-        )
+        with open(self._dir / "pulseaudio.log", "ab") as log:  # the server keeps its own copy
+            self._proc = subprocess.Popen(
+                [
+                    "pulseaudio",
+                    "--daemonize=no",
+                    "--system=false",
+                    "--exit-idle-time=-1",
+                    "--use-pid-file=no",
+                    "--disallow-module-loading=no",
+                    "--log-target=stderr",
+                    "-n",  # no default.pa: only the modules below
+                    f"--load=module-native-protocol-unix socket={self.socket} auth-anonymous=1",
+                    f"--load=module-null-sink sink_name={SINK} rate={self.rate} channels={self.channels}",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         deadline = time.monotonic() + 15
         while not self._ready():
             if self._proc.poll() is not None or time.monotonic() > deadline:
-                log = (self._dir / "pulseaudio.log").read_text(errors="replace")[-2000:]
-                self.__exit__(None, None, None)
-                raise RuntimeError(f"private PulseAudio did not start: {log}")
+                tail = (self._dir / "pulseaudio.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"private PulseAudio did not start: {tail}")
             time.sleep(0.1)
         self.pactl("set-default-source", f"{SINK}.monitor")
         self.pactl("set-default-sink", SINK)
-        return self
+
+    def stop(self) -> None:
+        """Stop the server: to its clients, the microphone is gone."""
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
 
     def _ready(self) -> bool:
         if not self.socket.exists():
@@ -116,13 +135,6 @@ class VirtualMic:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            self._proc = None
+        self.stop()
         with contextlib.suppress(OSError):
             shutil.rmtree(self._dir)

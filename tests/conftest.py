@@ -134,10 +134,13 @@ class Audiod:
         result: dict[str, Any] = json.loads(out.stdout)
         return result
 
-    def transcripts(self) -> list[dict[str, Any]]:
+    def records(self) -> list[dict[str, Any]]:
         if not self.transcript.exists():
             return []
         return [json.loads(x) for x in self.transcript.read_text().splitlines()]
+
+    def transcripts(self) -> list[dict[str, Any]]:
+        return [r for r in self.records() if r["type"] == "transcript"]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         self.proc.send_signal(sig)

@@ -2,8 +2,9 @@ import re
 import subprocess
 import sys
 import tomllib
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,9 +17,15 @@ SHIPPED = Path(__file__).parents[1] / "config" / "audiod.toml"
 def test_shipped_config_documents_every_key_with_its_default() -> None:
     data = tomllib.loads(SHIPPED.read_text())
     assert _config.from_mapping(data, str(SHIPPED)) == Settings()
+
+    def check(table: dict[str, Any], defaults: Any, name: str) -> None:
+        assert set(table) == {f.name for f in fields(defaults)}, name
+        for f in fields(defaults):
+            if is_dataclass(nested := getattr(defaults, f.name)):  # e.g. [metrics.prometheus]
+                check(table[f.name], nested, f"{name}.{f.name}")
+
     for section in fields(Settings):
-        keys = {f.name for f in fields(getattr(Settings(), section.name))}
-        assert set(data[section.name]) == keys, section.name
+        check(data[section.name], getattr(Settings(), section.name), section.name)
     # Every key has a comment right above it.
     lines = SHIPPED.read_text().splitlines()
     for i, line in enumerate(lines):

@@ -120,34 +120,37 @@ def test_stalled_worker_drops_chunks_and_recovers(
     audiod: Any, vmic: VirtualMic, media: dict[str, Path], tmp_path: Path
 ) -> None:
     hang = tmp_path / "hang"
-    d = audiod("[ring]\ncapacity_s = 0.5\n", AUDIOD_TEST_HANG_WORKER=str(hang))
+    # 1.5 s of ring: longer than a model run (~0.7 s), shorter than the stall.
+    d = audiod("[ring]\ncapacity_s = 1.5\n", AUDIOD_TEST_HANG_WORKER=str(hang))
     time.sleep(0.5)
     hang.touch()
     time.sleep(0.3)
     beat = d.status_json()["worker_heartbeat_us"]
     time.sleep(2.5)
     stalled = d.status_json()
-    assert stalled["ring_capacity"] == 10
+    assert stalled["ring_capacity"] == 30
     assert stalled["worker_heartbeat_us"] == beat, "a hung worker stops its heartbeat"
-    assert stalled["ring_fill"] == 10
-    assert stalled["dropped_chunks"] > 20
+    assert stalled["ring_fill"] == 30
+    assert stalled["dropped_chunks"] > 15
     assert stalled["drop_rate"] == pytest.approx(stalled["dropped_chunks"] / stalled["total_chunks"])
     hang.unlink()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 5
+    while (resumed := d.status_json())["worker_heartbeat_us"] == beat or resumed["ring_fill"] > 2:
+        assert time.monotonic() < deadline, "the worker did not resume"
     t0 = time.time()
     vmic.play(media["sentence"])
     t1 = time.time()
     d.wait_for("transcript", timeout=20)
     after = d.status_json()
     assert d.stop() == 0
-    assert after["dropped_chunks"] == stalled["dropped_chunks"] + (
-        after["dropped_chunks"] - stalled["dropped_chunks"]
-    )
-    assert after["dropped_chunks"] - stalled["dropped_chunks"] < 5, "no more drops once the worker runs"
-    assert after["worker_heartbeat_us"] > beat
+    assert after["dropped_chunks"] == resumed["dropped_chunks"], "no more drops once the worker runs"
     # The lag grew while the worker was stuck and fell back once it ran again.
     assert stalled["audio_lag_ms"] > 2500 and after["audio_lag_ms"] < 1000
     assert stalled["audio_lag_ms"] == (stalled["updated_us"] - stalled["consumed_until_us"]) // 1000
+    # The lost audio is a gap in the transcript, as long as the drops.
+    (gap,) = [r for r in d.records() if r["type"] == "gap"]
+    assert gap["seconds"] == pytest.approx(after["dropped_chunks"] * BLOCK_S, abs=0.2)
+    assert gap["end"] - gap["start"] == pytest.approx(gap["seconds"], abs=0.002)
     # Capture times stayed exact through the drops: the words sit where they were played.
     (line,) = d.transcripts()
     assert wer(SENTENCES[2], line["text"]) <= 0.3
@@ -164,4 +167,4 @@ def test_unwritable_transcript_keeps_the_words_in_the_log(
     s = d.status_json()
     assert d.stop() == 0
     assert "No space left on device" in err["error"] and wer(SENTENCES[2], err["text"]) <= 0.3
-    assert s["sink_errors"] == 1 and s["transcripts"] == 0
+    assert s["sink_errors"] >= 1 and s["transcripts"] == 0 and s["sink_pending"] == 1

@@ -118,9 +118,7 @@ def test_journal_gets_structured_fields(
     assert wer(SENTENCES[2], tr["TEXT"]) <= 0.3
     assert tr["PRIORITY"] == "6" and tr["SYSLOG_IDENTIFIER"] == "audiod" and tr["SEQ"] == "8"
     assert tr["MESSAGE"].startswith("transcript: ")
-    assert (
-        tr["CODE_FILE"].endswith("_inference.py") and tr["CODE_FUNC"] == "_emit" and int(tr["CODE_LINE"]) > 0
-    )
+    assert tr["CODE_FILE"].endswith("_sinks.py") and tr["CODE_FUNC"] == "_flush" and int(tr["CODE_LINE"]) > 0
     metrics = [e for e in entries if e.get("EVENT") == "metrics"]
     assert len(metrics) > 10
     assert {"AUDIO_LAG_MS", "DROPPED_CHUNKS", "TOTAL_CHUNKS", "DROP_RATE", "REAL_TIME_FACTOR"} <= set(
@@ -169,3 +167,17 @@ def test_cli_start_status_stop_without_systemd(vmic: VirtualMic, tmp_path: Path)
     assert after.returncode == 3 and "not running" in after.stderr
     log = (tmp_path / "state" / "audiod" / "audiod.log").read_text()
     assert '"event": "started"' in log and '"event": "stopped"' in log
+
+
+def test_installed_unit_points_at_this_installation_and_verifies(tmp_path: Path) -> None:
+    from daemon._service import render_unit
+
+    unit = render_unit(user=False)
+    exe = Path(sys.executable).parent / "audiod"
+    assert f"ExecStart={exe} run" in unit
+    if sys.base_prefix.startswith(("/home/", "/root/")):  # this venv's Python lives in a home directory
+        assert "ProtectHome=tmpfs" in unit and f"BindReadOnlyPaths={sys.base_prefix}" in unit
+    path = tmp_path / "audiod.service"
+    path.write_text(unit)
+    out = subprocess.run(["systemd-analyze", "verify", "--man=no", str(path)], capture_output=True, text=True)
+    assert out.stdout + out.stderr == ""

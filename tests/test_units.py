@@ -18,6 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEM_UNIT = REPO / "systemd" / "audiod.service"
+PROMETHEUS_DROPIN = REPO / "systemd" / "audiod.service.d" / "prometheus.conf"
 USER_UNIT = REPO / "systemd" / "audiod-user.service"
 SYSTEM_EXEC = "/usr/local/bin/audiod"
 MAX_EXPOSURE = 1.5
@@ -136,3 +137,35 @@ def test_system_unit_exposure() -> None:
     exposure = float(match.group(1))
     assert exposure <= MAX_EXPOSURE, r.stdout
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _with_prometheus_dropin(unit: Path) -> Path:
+    """The drop-in beside the unit copy, where systemd-analyze looks for ``<unit>.d/*.conf``."""
+    dropins = unit.parent / f"{unit.name}.d"
+    dropins.mkdir()
+    (dropins / PROMETHEUS_DROPIN.name).write_text(PROMETHEUS_DROPIN.read_text())
+    return unit
+
+
+def test_prometheus_dropin_verifies_cleanly(tmp_path: Path) -> None:
+    r = _analyze("verify", "--man=no", str(_with_prometheus_dropin(_system_unit_with_exec(tmp_path))))
+    assert (r.returncode, r.stdout + r.stderr) == (0, "")
+
+
+def test_prometheus_dropin_opens_localhost_only_and_keeps_the_exposure_low(tmp_path: Path) -> None:
+    if _systemd_version() < 250:
+        pytest.skip("systemd-analyze security --offline= needs systemd >= 250")
+    unit = _with_prometheus_dropin(_system_unit_with_exec(tmp_path))
+    r = _analyze("security", "--offline=true", f"--threshold={round(MAX_EXPOSURE * 10)}", str(unit))
+    match = re.search(r"Overall exposure level for audiod\.service: (\d+\.\d+)", r.stdout)
+    assert match, r.stdout + r.stderr
+    assert float(match.group(1)) <= MAX_EXPOSURE, r.stdout
+    assert r.returncode == 0, r.stdout + r.stderr
+    # The drop-in was applied (not silently ignored), and it opens exactly what the listener needs.
+    lines = {line.split()[1]: line for line in r.stdout.splitlines() if line.startswith(("✓", "✗"))}
+    assert lines["PrivateNetwork="].startswith("✗")
+    assert "allow list with only localhost entries" in lines["IPAddressDeny="]
+    assert lines["RestrictAddressFamilies=~AF_(INET|INET6)"].startswith("✗")
+    assert lines["RestrictAddressFamilies=~AF_PACKET"].startswith("✓")
+    assert lines["RestrictAddressFamilies=~AF_NETLINK"].startswith("✓")
+    print(f"\nexposure with the Prometheus drop-in: {match.group(1)}")

@@ -1,0 +1,85 @@
+"""The inference worker on its own (no audio device): real VAD, real model, a ring fed by the test."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon._config import InferenceSettings, VadSettings
+from daemon._inference import StreamFormat, Transcriber, Worker
+from daemon._ring import Ring
+from daemon._sinks import JsonlSink, Outbox
+from daemon._status import Status
+from daemon._vad import Segmenter, SileroStream
+
+BLOCK = 800  # 50 ms at 16 kHz
+
+
+@pytest.fixture(scope="module")
+def transcriber() -> Transcriber:
+    return Transcriber(InferenceSettings())
+
+
+def run_worker(
+    transcriber: Transcriber, blocks: list[np.ndarray], tmp_path: Path
+) -> tuple[Status, list[dict]]:
+    status = Status.in_memory()
+    ring = Ring(len(blocks) + 1, BLOCK, 1, status.ring_written, status.ring_read)
+    t0 = time.time() - len(blocks) * 0.05
+    for i, b in enumerate(blocks):
+        assert ring.push(b.reshape(BLOCK, 1), t0 + i * 0.05)
+    sink = JsonlSink(tmp_path / "t.jsonl")
+    worker = Worker(
+        ring,
+        StreamFormat(16000, 1, BLOCK),
+        status,
+        Segmenter(VadSettings(), SileroStream()),
+        transcriber.transcribe,
+        Outbox(sink, status),
+    )
+    worker.start()
+    worker.stop()
+    worker.join(60)
+    assert not worker.is_alive() and worker.error is None
+    sink.close()
+    return status, [json.loads(x) for x in (tmp_path / "t.jsonl").read_text().splitlines()]
+
+
+def test_garbage_from_a_driver_is_counted_and_yields_no_text(
+    transcriber: Transcriber, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(7)
+    blocks = (
+        [np.full(BLOCK, np.nan, np.float32)] * 20  # NaN
+        + [np.where(rng.random(BLOCK) < 0.5, np.inf, -np.inf).astype(np.float32)] * 20  # inf
+        + [np.full(BLOCK, 0.7, np.float32)] * 40  # DC offset
+        + [np.zeros(BLOCK, np.float32)] * 40  # digital silence
+        + [np.sign(rng.standard_normal(BLOCK)).astype(np.float32) * 0.001] * 20  # clipped hiss
+    )
+    status, lines = run_worker(transcriber, blocks, tmp_path)
+    snap = status.snapshot()
+    status.close()
+    assert lines == []
+    assert snap.nonfinite_blocks == 40
+    assert snap.transcripts == 0 and snap.audio_processed_ms == len(blocks) * 50
+
+
+def test_speech_after_garbage_is_still_transcribed(transcriber: Transcriber, tmp_path: Path) -> None:
+    import subprocess
+    import wave
+
+    wav = tmp_path / "s.wav"
+    subprocess.run(
+        ["flite", "-voice", "slt", "-t", "Rice is often served in round bowls.", "-o", str(wav)], check=True
+    )
+    with wave.open(str(wav)) as w:
+        speech = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
+    audio = np.concatenate([np.full(BLOCK * 10, np.nan, np.float32), speech, np.zeros(16000, np.float32)])
+    audio = audio[: len(audio) // BLOCK * BLOCK]
+    status, lines = run_worker(transcriber, list(audio.reshape(-1, BLOCK)), tmp_path)
+    status.close()
+    assert len(lines) == 1 and "served in round" in lines[0]["text"].lower()
