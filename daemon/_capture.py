@@ -109,7 +109,6 @@ class Capture:
 
     def __init__(self, sd: ModuleType, fmt: InputFormat, ring: Ring, status: Status) -> None:
         self.format = fmt
-        self._ring = ring
         self._block_s = fmt.block_frames / fmt.samplerate
         # Bound once: attribute lookups on the hot path cost more than the copy.
         self._push = ring.push

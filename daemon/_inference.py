@@ -241,8 +241,9 @@ class Worker(threading.Thread):
                 self._emit(u)
         self._consumed_until = float(times[-1]) + block_s
         st.consumed_until_us.store(round(self._consumed_until * 1e6))
-        st.audio_lag_ms.store(round((self._clock() - self._consumed_until) * 1000))
-        st.latency.capture.observe_ages(times + block_s, self._clock())
+        now = self._clock()  # after the work above: lag includes the time transcription took
+        st.audio_lag_ms.store(round((now - self._consumed_until) * 1000))
+        st.latency.capture.observe_ages(times + block_s, now)
 
     def _gap(self, start: float, end: float) -> None:
         """Audio from ``start`` to ``end`` was not transcribed: say so in the transcript and the log."""
