@@ -274,11 +274,12 @@ def run_case(mic: VirtualMic, case: Case, directory: Path, model: str | None, co
         loaded = log.first("model_loaded")
         run.model_load_s = float(loaded[1].get("seconds", 0.0)) if loaded else 0.0
 
-        probe = Probe(mic.client_env())
-        probe.start()
-        if not probe.started.wait(10):
-            raise RuntimeError("parec delivered nothing")
-        time.sleep(0.3)  # the recording holds some silence before the file: the correlation needs no wrap
+        if case.is_speech:  # only speech needs the timing; the idle figure comes without a second client
+            probe = Probe(mic.client_env())
+            probe.start()
+            if not probe.started.wait(10):
+                raise RuntimeError("parec delivered nothing")
+            time.sleep(0.3)  # the recording holds some silence before the file: the correlation needs no wrap
 
         own0, (busy0, steal0), cpu0 = own_cpu_s(proc.pid), machine_busy_s(), process_cpu_s(proc.pid)
         run.play_at = time.time()
@@ -294,10 +295,11 @@ def run_case(mic: VirtualMic, case: Case, directory: Path, model: str | None, co
         run.bench_cpu_s = own1 - own0
         run.memory_end = memory_mb(proc.pid)
         run.status = _snapshot(status_path)
-        recording, stream_start = probe.stop()
-        probe = None
-        lag, run.file_match = locate(recording, read_wav(case.wav))
-        run.file_start = stream_start + lag / RATE
+        if probe is not None:
+            recording, stream_start = probe.stop()
+            probe = None
+            lag, run.file_match = locate(recording, read_wav(case.wav))
+            run.file_start = stream_start + lag / RATE
 
         proc.send_signal(signal.SIGTERM)
         run.exit_code = proc.wait(60)

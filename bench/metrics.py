@@ -137,6 +137,9 @@ def figures(run: Run, case: Case, offline: dict[str, Any], idle_cpu_rate: float 
         "exit_code": run.exit_code,
         "text": text,
         "offline_text": offline["text"],
+        # The records as written, with when the benchmark saw each: the raw material of the latency figures.
+        "lines": [{**ln.record, "seen_at": round(ln.seen_at, 4)} for ln in run.lines],
+        "file_start": run.file_start,
         "words": word_count(text),
         "offline_words": word_count(offline["text"]),
         "start_to_ready_s": run.events.get("started"),

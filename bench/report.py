@@ -109,7 +109,9 @@ def summarise(reps: list[Rep]) -> dict[str, Any]:
                 "audiod_end_minus_played_end_s": med(lambda f: f["latency"]["audiod_end_minus_played_end_s"]),
                 "wer": med(lambda f: f["wer"]),
                 "offline_wer": med(lambda f: f["offline_wer"]),
-                "inference_cpu_per_audio_s": med(lambda f: f.get("inference_cpu_s", 0) / f["audio_s"]),
+                "inference_cpu_per_audio_s": med(
+                    lambda f: f["inference_cpu_s"] / f["audio_s"] if "inference_cpu_s" in f else None
+                ),
                 "inference_cpu_ratio": med(
                     lambda f: f["inference_cpu_s"] / f["offline_cpu_s"] if "inference_cpu_s" in f else None
                 ),

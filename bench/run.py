@@ -1,6 +1,6 @@
 """The benchmark's command line: build the corpus, run every case live and offline, repeat, report.
 
-.venv/bin/python -m bench [--quick] [--reps N] [--model M] [--json PATH] [--readme]
+.venv/bin/python -m bench [--quick] [--reps N] [--model M] [--set SECTION.KEY=VALUE] [--json PATH] [--readme]
 """
 
 from __future__ import annotations
