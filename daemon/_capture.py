@@ -273,6 +273,14 @@ class StreamKeeper:
         )
 
     def stop(self) -> None:
-        if self.capture is not None:
+        """Stop capture. PortAudio's stop waits for the stream's buffers, which never come from a device that
+        delivers nothing: such a stream is aborted instead, so shutting down can never hang."""
+        if self.capture is None:
+            return
+        total = self._status.total_chunks.load()
+        flowing = total > 0 and (total != self._seen or self._clock() - self._last_progress < STALL_S)
+        if flowing:
             self.capture.stop()
-            self.capture = None
+        else:
+            self.capture.abort()
+        self.capture = None

@@ -238,3 +238,43 @@ def test_unknown_device_lists_the_devices(vmic: VirtualMic, tmp_path: Path) -> N
     assert out.returncode == 69
     assert out.stderr.startswith("audiod: no input device matches 'usb headset'; input devices: ")
     assert "pulse" in out.stderr and out.stderr.count("\n") == 1
+
+
+def run_briefly(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", "run", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_compute_type_the_machine_lacks_is_a_model_error(vmic: VirtualMic, tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[capture]\ndevice = "pulse"\n[inference]\ncompute_type = "bfloat17"\n')
+    out = run_briefly({**vmic.client_env(), "XDG_RUNTIME_DIR": str(tmp_path)}, "--config", str(config))
+    assert out.returncode == 66
+    (line,) = [x for x in out.stderr.splitlines() if not x.startswith("{")]
+    assert line.startswith("audiod: model 'bundled'") and "bfloat17" in line
+
+
+def test_device_without_a_usable_format_is_named(vmic: VirtualMic, tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[capture]\ndevice = "pulse"\nchannels = 64\n')
+    out = run_briefly({**vmic.client_env(), "XDG_RUNTIME_DIR": str(tmp_path)}, "--config", str(config))
+    assert out.returncode == 69 and "Traceback" not in out.stderr
+    # PortAudio's ALSA layer prints its own failed checks to stderr first; ours is the last line.
+    assert (
+        out.stderr.splitlines()[-1]
+        == "audiod: input device 0: pulse takes none of rates [16000, 44100] x channels [64]"
+    )
+
+
+def test_device_that_opens_but_delivers_nothing_fails_cleanly(own_mic: VirtualMic, tmp_path: Path) -> None:
+    own_mic.pactl("suspend-sink", "vmic", "1")  # its monitor too: the stream opens, no audio ever comes
+    t0 = time.monotonic()
+    out = run_briefly({**own_mic.client_env(), "XDG_RUNTIME_DIR": str(tmp_path)}, "--device", "pulse")
+    assert out.returncode == 69
+    assert "no audio from input device 'pulse' within 10s" in out.stderr.splitlines()[-1]
+    assert time.monotonic() - t0 < 30, "never a hang"
