@@ -108,7 +108,6 @@ class Capture:
     """An open PortAudio input stream feeding ``ring``."""
 
     def __init__(self, sd: ModuleType, fmt: InputFormat, ring: Ring, status: Status) -> None:
-        self.format = fmt
         self._block_s = fmt.block_frames / fmt.samplerate
         # Bound once: attribute lookups on the hot path cost more than the copy.
         self._push = ring.push

@@ -214,11 +214,11 @@ class Worker(threading.Thread):
         # the lag stays bounded when the model is slower than real time.
         stale = int(np.count_nonzero(times + block_s < self._clock() - self._max_lag_s))
         if stale:
-            st.skipped_chunks.add(stale)
             frames, times, breaks = frames[stale:], times[stale:], breaks[stale:]
             if len(times):
                 breaks[0] = True
         if not len(times):
+            st.skipped_chunks.add(stale)
             return
         st.audio_processed_ms.add(round(len(times) * block_s * 1000))
         # A misbehaving driver can deliver NaN or inf: zero them (and count) before they reach the models.
@@ -243,6 +243,8 @@ class Worker(threading.Thread):
         st.consumed_until_us.store(round(self._consumed_until * 1e6))
         now = self._clock()  # after the work above: lag includes the time transcription took
         st.audio_lag_ms.store(round((now - self._consumed_until) * 1000))
+        if stale:  # published with the lag it led to, so a snapshot rarely shows one without the other
+            st.skipped_chunks.add(stale)
         st.latency.capture.observe_ages(times + block_s, now)
 
     def _gap(self, start: float, end: float) -> None:

@@ -102,7 +102,3 @@ class Ring:
         self._r += n
         self._read_pos.store(self._r)  # frees the slots only after the copy above
         return drained
-
-    def fill(self) -> int:
-        """Blocks waiting to be drained (a racy but safe estimate from either side)."""
-        return int(self._write_pos.load() - self._read_pos.load())

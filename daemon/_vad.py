@@ -54,7 +54,6 @@ class SileroStream:
 class Utterance:
     audio: Audio
     start_sample: int  # index in the 16 kHz stream since the segmenter was made or reset
-    forced_cut: bool = False  # reached max_utterance_s rather than silence
 
     @property
     def end_sample(self) -> int:
@@ -83,10 +82,6 @@ class Segmenter:
         self._speaking = False
         self._speech = 0  # samples judged speech in the current utterance
         self._silence = 0  # trailing samples below the negative threshold
-
-    @property
-    def speaking(self) -> bool:
-        return self._speaking
 
     @property
     def position(self) -> int:
@@ -153,7 +148,7 @@ class Segmenter:
             self._start = self._pos - self._length
         if speech < self._min_speech:
             return None
-        return Utterance(audio=audio, start_sample=start, forced_cut=forced)
+        return Utterance(audio=audio, start_sample=start)
 
     def flush(self) -> Utterance | None:
         """End the stream (shutdown, or a gap in the audio): the utterance in progress, if any.
