@@ -120,6 +120,14 @@ class Snapshot:
 
 
 FIELDS = tuple(f.name for f in fields(Snapshot))
+# A snapshot is not one atomic read, but its loads are ordered so that no count is ever seen ahead of the
+# count it depends on: each counter here is bumped only after the ones listed after it (the callback counts a
+# block before it writes or drops it; the worker reads a slot only after it was written, and counts what it
+# processed or skipped only after reading it). Loading the dependents first makes ``written + dropped <=
+# total``, ``read <= written`` and ``processed + skipped <= read`` (in blocks) hold in every snapshot, live or not.
+LOAD_FIRST = ("audio_processed_ms", "skipped_chunks", "ring_read", "ring_written", "dropped_chunks")
+_LOAD_ORDER = [FIELDS.index(n) for n in LOAD_FIRST] + [i for i, n in enumerate(FIELDS) if n not in LOAD_FIRST]
+_UNORDER = [_LOAD_ORDER.index(i) for i in range(len(FIELDS))]
 HIST_OFFSET = HEADER_SIZE + 8 * len(FIELDS)
 SIZE = HIST_OFFSET + 8 * SLOTS * len(HISTOGRAMS)
 INFO_SUFFIX = ".json"
@@ -153,9 +161,11 @@ class _Block:
             self._contexts.append(ctx)
             slots.append(ctx.__enter__())
         self.latency = HistogramSet(slots)
+        self._ordered = [self._atomics[i] for i in _LOAD_ORDER]
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(*[a.load() for a in self._atomics])
+        loaded = [a.load() for a in self._ordered]
+        return Snapshot(*[loaded[i] for i in _UNORDER])
 
     def latencies(self) -> Latencies:
         """The histograms, one load per bucket (separate from ``snapshot()``, which the poller takes ten

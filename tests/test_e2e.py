@@ -55,8 +55,9 @@ def test_speech_is_transcribed_live_with_metrics(
     assert s1["real_time_factor"] == pytest.approx(s1["inference_time_ms"] / s1["inference_audio_ms"])
     assert -200 < s1["audio_lag_ms"] < 1000
     assert s1["transcripts"] == len(lines) and s1["last_latency_ms"] == lines[-1]["latency_ms"]
-    assert s1["ring_written"] + s1["dropped_chunks"] == s1["total_chunks"]
-    assert s1["audio_processed_ms"] == pytest.approx(s1["ring_read"] * BLOCK_S * 1000, abs=1)
+    # A live snapshot: blocks in flight make these inequalities; nothing may be ahead of what it counts.
+    assert 0 <= s1["total_chunks"] - s1["ring_written"] - s1["dropped_chunks"] <= 2
+    assert 0 <= s1["ring_read"] * BLOCK_S * 1000 - s1["audio_processed_ms"] <= 1000
     assert s1["updated_age_s"] < 1 and s1["poller_cpu_us"] > 0
     assert s1["poller_cpu_us"] / 1e6 < 0.05 * s1["uptime_s"], "the poller costs under 5% of a core"
 

@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import subprocess
@@ -132,3 +133,50 @@ def test_create_replaces_an_old_file_atomically(tmp_path: Path) -> None:
         assert time.time_ns() // 1000 - _status.read(path).started_us < 10_000_000
     finally:
         st.close()
+
+
+WRITER = """
+import sys, types
+from pathlib import Path
+import numpy as np
+from daemon._capture import Capture, InputFormat
+from daemon._ring import Ring
+from daemon._status import Status
+
+st = Status.create(Path(sys.argv[1]))
+fmt = InputFormat(0, "fake", 16000, 1, 16)
+ring = Ring(8, 16, 1, st.ring_written, st.ring_read)
+# The real callback and ring, on a stream that never opens: the test drives the callback itself.
+cap = Capture(types.SimpleNamespace(InputStream=lambda **kw: None), fmt, ring, st)
+block, when = np.zeros((16, 1), np.float32), types.SimpleNamespace(inputBufferAdcTime=1.0, currentTime=1.0)
+print("ready", flush=True)
+for i in range(400_000):
+    cap._callback(block, 16, when, 0)
+    if i % 3 == 0 and (batch := ring.drain(2)) is not None:  # a consumer slower than the producer: drops
+        # The worker's bookkeeping order: count what it processed, and what it skipped, after reading it.
+        st.audio_processed_ms.add(len(batch.times) - 1)
+        st.skipped_chunks.inc()
+"""
+
+
+def test_live_snapshots_never_show_a_count_ahead_of_what_it_depends_on(tmp_path: Path) -> None:
+    """Writers in another process race the reader; the load order keeps every snapshot consistent."""
+    path = tmp_path / "status"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        reader = _status.Reader(path)
+        snaps = []
+        while proc.poll() is None and len(snaps) < 1500:
+            with contextlib.suppress(_status.NotRunning):
+                snaps.append(reader.read().snapshot)
+        reader.close()
+    finally:
+        proc.kill()
+        proc.wait()
+    moving = [s for s in snaps if 0 < s.ring_read]
+    assert len(moving) > 500 and moving[-1].dropped_chunks > 0, "the writer ran while we read"
+    for s in moving:
+        assert s.ring_written + s.dropped_chunks <= s.total_chunks, s
+        assert s.ring_read <= s.ring_written, s
+        assert s.audio_processed_ms + s.skipped_chunks <= s.ring_read, s

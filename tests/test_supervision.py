@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -24,9 +25,16 @@ from .test_journal import journald  # noqa: F401 - the fixture, shared
 pytestmark = pytest.mark.e2e
 
 
+SO_TIMESTAMPNS = 35  # Linux; not exported by the socket module. Its control message has the same type.
+
+
 class NotifySocket:
+    """Stands in for systemd's notify socket. Each message is stamped (wall clock) by the kernel when it
+    arrives, so its time does not depend on when the test gets round to reading it."""
+
     def __init__(self, path: Path) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.sock.bind(str(path))
         self.sock.settimeout(0.1)
         self.messages: list[tuple[float, str]] = []
@@ -35,7 +43,10 @@ class NotifySocket:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             with contextlib.suppress(TimeoutError):
-                self.messages.append((time.monotonic(), self.sock.recv(4096).decode()))
+                data, ancillary, _, _ = self.sock.recvmsg(4096, 64)
+                stamps = [struct.unpack("qq", d[:16]) for _, kind, d in ancillary if kind == SO_TIMESTAMPNS]
+                assert stamps, "the kernel stamps every message"
+                self.messages.append((stamps[0][0] + stamps[0][1] / 1e9, data.decode()))
 
     def until(self, text: str, timeout: float) -> float:
         deadline = time.monotonic() + timeout
@@ -67,19 +78,19 @@ def test_ready_status_and_a_watchdog_that_stops_when_the_worker_hangs(
     pings = ns.times("WATCHDOG=1", since=ready)
     assert 3 <= len(pings) <= 5, pings  # every ~1 s: half of WATCHDOG_USEC
     gaps = [b - a for a, b in itertools.pairwise(pings)]
-    assert all(0.9 <= g <= 1.3 for g in gaps), gaps
+    assert all(0.9 <= g <= 1.5 for g in gaps), gaps  # never early; late only by a slow poller tick
     statuses = [m for _, m in ns.messages if m.startswith("STATUS=")]
     assert len(statuses) >= 3 and all("Latency:" in s and "RTF:" in s and "Drops:" in s for s in statuses)
 
     hang.touch()
-    t_hang = time.monotonic()
+    t_hang = time.time()
     ns.collect(5)
     late = ns.times("WATCHDOG=1", since=t_hang + 2.2)
     assert late == [], "no pings once the worker is stuck for longer than the watchdog timeout"
     assert [m for t, m in ns.messages if t > t_hang + 2.2 and m.startswith("STATUS=")], "the poller lives on"
 
     hang.unlink()
-    t_free = time.monotonic()
+    t_free = time.time()
     ns.collect(2.5)
     assert ns.times("WATCHDOG=1", since=t_free), "pings resume when the worker does"
     assert d.stop() == 0
