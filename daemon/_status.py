@@ -124,7 +124,7 @@ FIELDS = tuple(f.name for f in fields(Snapshot))
 # count it depends on: each counter here is bumped only after the ones listed after it (the callback counts a
 # block before it writes or drops it; the worker reads a slot only after it was written, and counts what it
 # processed or skipped only after reading it). Loading the dependents first makes ``written + dropped <=
-# total``, ``read <= written`` and ``processed + skipped <= read`` (in blocks) hold in every snapshot, live or not.
+# total``, ``read <= written`` and ``processed + skipped <= read`` (in blocks) hold in every snapshot.
 LOAD_FIRST = ("audio_processed_ms", "skipped_chunks", "ring_read", "ring_written", "dropped_chunks")
 _LOAD_ORDER = [FIELDS.index(n) for n in LOAD_FIRST] + [i for i, n in enumerate(FIELDS) if n not in LOAD_FIRST]
 _UNORDER = [_LOAD_ORDER.index(i) for i in range(len(FIELDS))]

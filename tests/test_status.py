@@ -174,7 +174,7 @@ def test_live_snapshots_never_show_a_count_ahead_of_what_it_depends_on(tmp_path:
     finally:
         proc.kill()
         proc.wait()
-    moving = [s for s in snaps if 0 < s.ring_read]
+    moving = [s for s in snaps if s.ring_read > 0]
     assert len(moving) > 500 and moving[-1].dropped_chunks > 0, "the writer ran while we read"
     for s in moving:
         assert s.ring_written + s.dropped_chunks <= s.total_chunks, s
