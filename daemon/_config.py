@@ -56,7 +56,14 @@ class VadSettings:
     threshold: float = field(
         default=0.5, metadata={"doc": "Silero speech probability", "min": 0.01, "max": 0.99}
     )
-    min_silence_ms: int = field(default=500, metadata={"doc": "silence that ends an utterance", "min": 64})
+    min_silence_ms: int = field(default=200, metadata={"doc": "silence that ends an utterance", "min": 64})
+    early_decode_ms: int = field(
+        default=96,
+        metadata={
+            "doc": "silence after which decoding starts, kept if the utterance ends; 0 = off",
+            "min": 0,
+        },
+    )
     speech_pad_ms: int = field(default=200, metadata={"doc": "audio kept around speech", "min": 0})
     min_speech_ms: int = field(default=250, metadata={"doc": "shorter utterances are ignored", "min": 0})
     max_utterance_s: float = field(
@@ -73,7 +80,7 @@ class InferenceSettings:
         default="cpu", metadata={"doc": "cpu, cuda or auto", "choices": ("cpu", "cuda", "auto")}
     )
     compute_type: str = field(default="int8", metadata={"doc": "CTranslate2 compute type"})
-    beam_size: int = field(default=1, metadata={"doc": "beam search width", "min": 1, "max": 10})
+    beam_size: int = field(default=5, metadata={"doc": "beam search width", "min": 1, "max": 10})
     language: str = field(default="en", metadata={"doc": "language code; '' = detect"})
     cpu_threads: int = field(
         default=0, metadata={"doc": "CTranslate2 threads; 0 = library default", "min": 0}

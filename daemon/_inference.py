@@ -170,6 +170,7 @@ class Worker(threading.Thread):
         self._anchor_index = 0
         self._anchor_time = 0.0
         self._consumed_until: float | None = None  # end of the newest audio consumed, epoch s
+        self._drafted: tuple[int, str, int] | None = None  # (draft serial, text, compute ms)
         self.error: BaseException | None = None
 
     def stop(self) -> None:
@@ -246,6 +247,12 @@ class Worker(threading.Thread):
         if stale:  # published with the lag it led to, so a snapshot rarely shows one without the other
             st.skipped_chunks.add(stale)
         st.latency.capture.observe_ages(times + block_s, now)
+        # A pause has begun: transcribe the utterance now, while the segmenter waits to see if it ends. The
+        # ring holds the audio meanwhile, and the next batch tells whether the text is final.
+        if (draft := self._segmenter.draft()) is not None:
+            if self._drafted is not None:  # the previous draft's pause ended in speech
+                st.drafts_voided.inc()
+            self._drafted = (draft.draft, *self._run_model(draft))
 
     def _gap(self, start: float, end: float) -> None:
         """Audio from ``start`` to ``end`` was not transcribed: say so in the transcript and the log."""
@@ -262,15 +269,14 @@ class Worker(threading.Thread):
         tail = self._to16k(np.zeros((0, self._fmt.channels), dtype=np.float32), last=True)
         for u in self._segmenter.feed(tail) if len(tail) else []:
             self._emit(u)
-        last = self._segmenter.flush()
-        if last is not None:
-            self._emit(last)
+        for u in self._segmenter.flush():
+            self._emit(u)
         self._to16k.reset()
 
     def _wall(self, index: int) -> float:
         return self._anchor_time + (index - self._anchor_index) / RATE
 
-    def _emit(self, u: Utterance) -> None:
+    def _run_model(self, u: Utterance) -> tuple[str, int]:
         st = self._status
         t0 = time.perf_counter()
         text = self._transcribe(u.audio)
@@ -279,6 +285,17 @@ class Worker(threading.Thread):
         st.inference_audio_ms.store(round(len(u.audio) * 1000 / RATE))
         st.inference_runs.inc()
         st.latency.inference.observe_ms(compute_ms)
+        return text, compute_ms
+
+    def _emit(self, u: Utterance) -> None:
+        st = self._status
+        drafted, self._drafted = self._drafted, None
+        if early := (drafted is not None and u.draft == drafted[0]):
+            _, text, compute_ms = drafted  # the draft's words: only silence was added since
+        else:
+            if drafted is not None:
+                st.drafts_voided.inc()
+            text, compute_ms = self._run_model(u)
         start, end = self._wall(u.start_sample), self._wall(u.end_sample)
         if not text:
             st.discarded_utterances.inc()
@@ -294,5 +311,6 @@ class Worker(threading.Thread):
                 "emitted_at": round(emitted, 3),
                 "latency_ms": round((emitted - end) * 1000),
                 "inference_ms": compute_ms,
+                "early": early,  # decoded from a draft, before the segmenter was sure the utterance ended
             }
         )

@@ -45,6 +45,12 @@ COUNTERS = (
         "discarded_utterances",
         1,
     ),
+    (
+        "audiod_drafts_voided",
+        "Early decodes wasted because speech resumed in the pause that started them.",
+        "drafts_voided",
+        1,
+    ),
     ("audiod_audio_processed_seconds", "Audio the worker has consumed.", "audio_processed_ms", 1000),
     ("audiod_poller_cpu_seconds", "CPU time of the metrics poller thread.", "poller_cpu_us", 1_000_000),
 )

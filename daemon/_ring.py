@@ -56,6 +56,10 @@ class Ring:
         self._write_pos = write_pos
         self._read_pos = read_pos
         self._w = write_pos.load()  # producer's private copy: saves one atomic load per push
+        # The producer's last view of the read position. Space it saw free stays free (only the producer
+        # fills it), so it loads the real position only when this view says the ring is full: one atomic
+        # operation per push instead of two.
+        self._r_seen = read_pos.load()
         self._r = read_pos.load()  # consumer's private copy
 
     # -- producer (PortAudio callback thread) --------------------------------------------------------------
@@ -64,9 +68,11 @@ class Ring:
 
         ``after_loss``: audio was lost before this block upstream (a PortAudio overflow)."""
         w = self._w
-        if w - self._read_pos.load() >= self.capacity:
-            self._broken = True
-            return False
+        if w - self._r_seen >= self.capacity:
+            self._r_seen = self._read_pos.load()
+            if w - self._r_seen >= self.capacity:
+                self._broken = True
+                return False
         slot = w % self.capacity
         np.copyto(self._data[slot], block)
         self._times[slot] = capture_time

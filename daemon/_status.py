@@ -41,7 +41,7 @@ import atomics
 from ._histogram import BUCKETS, HISTOGRAMS, SLOTS, HistogramSet, Latencies
 
 MAGIC = b"AUDIODS\0"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 HEADER = struct.Struct("<8sIIqq")
 GEOMETRY = struct.Struct("<II")  # right after HEADER: histograms, buckets per histogram
 HEADER_SIZE = 64
@@ -76,6 +76,7 @@ class Snapshot:
     sink_errors: int = _f("failed attempts to write the transcript file")
     sink_pending: int = _f("transcripts held in memory until the transcript file can be written again")
     discarded_utterances: int = _f("speech segments the model judged to hold no speech")
+    drafts_voided: int = _f("early decodes wasted: speech resumed in the pause that started them")
     audio_processed_ms: int = _f("audio the worker has consumed since start, ms")
     ring_capacity: int = _f("ring size, blocks")
     ring_written: int = _f("blocks written into the ring")
@@ -201,6 +202,7 @@ class Status(_Block):
     sink_errors: Atomic
     sink_pending: Atomic
     discarded_utterances: Atomic
+    drafts_voided: Atomic
     audio_processed_ms: Atomic
     ring_capacity: Atomic
     ring_written: Atomic

@@ -106,8 +106,8 @@ def screen(live: _status.LiveStatus | None, problem: str | None, now: float) -> 
         ),
         (
             f"counts   chunks {s.total_chunks} | transcripts {s.transcripts} (pending {s.sink_pending}, "
-            f"write errors {s.sink_errors}) | discarded {s.discarded_utterances} | ring {s.ring_fill()}/"
-            f"{s.ring_capacity}"
+            f"write errors {s.sink_errors}) | discarded {s.discarded_utterances} | "
+            f"drafts voided {s.drafts_voided} | ring {s.ring_fill()}/{s.ring_capacity}"
         ),
         "",
         f"{'latency':<26}{'count':>8}{'p50':>9}{'p95':>9}{'p99':>9}",

@@ -21,6 +21,10 @@ from ._config import VadSettings
 RATE = 16000
 WINDOW = 512
 CONTEXT = 64
+# While nobody speaks, Silero runs on this many windows (96 ms) at once: its per-call overhead dominates a
+# single window, and a late start of speech costs nothing (the pre-roll keeps the audio before it). Once
+# speech starts, every window is judged as soon as it is complete, since the end of speech is time-critical.
+IDLE_BATCH = 3
 
 Audio = npt.NDArray[np.float32]
 ProbFn = Callable[[Audio], npt.NDArray[np.float32]]
@@ -54,6 +58,9 @@ class SileroStream:
 class Utterance:
     audio: Audio
     start_sample: int  # index in the 16 kHz stream since the segmenter was made or reset
+    # A draft (from ``Segmenter.draft``): its serial number. A finished utterance: the serial of the draft it
+    # confirms (the speech is the same, only trailing silence was added), or 0 when there was none.
+    draft: int = 0
 
     @property
     def end_sample(self) -> int:
@@ -71,6 +78,8 @@ class Segmenter:
         self._pad = settings.speech_pad_ms * RATE // 1000
         self._min_speech = settings.min_speech_ms * RATE // 1000
         self._max_len = int(settings.max_utterance_s * RATE)
+        self._early = settings.early_decode_ms * RATE // 1000 if settings.early_decode_ms else 0
+        self._drafts = 0  # serial of the last draft made
         self._pending = np.zeros(0, dtype=np.float32)  # samples not yet a whole window
         self._pos = 0  # stream index of the first pending sample
         self._reset_state()
@@ -82,6 +91,8 @@ class Segmenter:
         self._speaking = False
         self._speech = 0  # samples judged speech in the current utterance
         self._silence = 0  # trailing samples below the negative threshold
+        self._draft: Utterance | None = None  # the utterance as it stands, if silence since made it a draft
+        self._draft_taken = False
 
     @property
     def position(self) -> int:
@@ -91,10 +102,16 @@ class Segmenter:
     def feed(self, audio: Audio) -> list[Utterance]:
         pending = np.concatenate([self._pending, audio]) if len(self._pending) else audio
         whole = len(pending) // WINDOW * WINDOW
-        self._pending = pending[whole:].copy()
-        if whole == 0:
+        if whole == 0 or (not self._speaking and whole < IDLE_BATCH * WINDOW):
+            self._pending = pending.copy() if pending is audio else pending
             return []
-        windows = pending[:whole].astype(np.float32, copy=False)
+        self._pending = pending[whole:].copy()
+        return self._run(pending[:whole])
+
+    def _run(self, windows: Audio) -> list[Utterance]:
+        if not len(windows):
+            return []
+        windows = windows.astype(np.float32, copy=False)
         out: list[Utterance] = []
         for i, p in enumerate(self._probs(windows)):
             u = self._step(windows[i * WINDOW : (i + 1) * WINDOW], float(p))
@@ -111,7 +128,7 @@ class Segmenter:
         if not self._speaking:
             self._append(window)
             # Keep only the pre-roll while idle, so the utterance starts a little before the first word.
-            while self._chunks and self._length - len(self._chunks[0]) >= self._pad:
+            while self._chunks and self._length - len(self._chunks[0]) >= self._pad + len(window):
                 self._length -= len(self._chunks.pop(0))
             self._start = self._pos - self._length
             if p >= self._threshold:
@@ -125,17 +142,41 @@ class Segmenter:
             self._silence += WINDOW
         else:
             self._silence = 0
+        if not self._silence:
+            self._draft = None  # speech goes on: a draft made in the pause no longer covers it
+        elif self._draft is None and self._draft_due():
+            self._drafts += 1
+            self._draft = self._cut(trim=max(0, self._silence - self._pad), draft=self._drafts)
+            self._draft_taken = False
         if self._silence >= self._min_silence:
             return self._finish(trim=max(0, self._silence - self._pad))
         if self._length >= self._max_len:
             return self._finish(trim=0, forced=True)
         return None
 
-    def _finish(self, trim: int, forced: bool = False) -> Utterance | None:
+    def _draft_due(self) -> bool:
+        early = self._early
+        return bool(early) and early <= self._silence < self._min_silence and self._speech >= self._min_speech
+
+    def draft(self) -> Utterance | None:
+        """The utterance in progress as it would end if the current silence lasts to ``min_silence_ms``, once
+        per pause of ``early_decode_ms``: transcribing it now, while the segmenter waits to be sure, takes
+        the model's time out of the latency. The finished utterance names the draft it confirms."""
+        if self._draft is None or self._draft_taken:
+            return None
+        self._draft_taken = True
+        return self._draft
+
+    def _cut(self, trim: int, draft: int) -> Utterance:
         audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)
         if trim:
             audio = audio[: len(audio) - trim]
-        start, speech = self._start, self._speech
+        return Utterance(audio=audio, start_sample=self._start, draft=draft)
+
+    def _finish(self, trim: int, forced: bool = False) -> Utterance | None:
+        confirms = self._draft.draft if self._draft is not None and not forced else 0
+        u = self._cut(trim, confirms)
+        speech = self._speech
         tail = self._chunks[-1:] if not forced else []
         self._reset_state()
         if forced:
@@ -148,20 +189,22 @@ class Segmenter:
             self._start = self._pos - self._length
         if speech < self._min_speech:
             return None
-        return Utterance(audio=audio, start_sample=start)
+        return u
 
-    def flush(self) -> Utterance | None:
+    def flush(self) -> list[Utterance]:
         """End the stream (shutdown, or a gap in the audio): the utterance in progress, if any.
 
         Samples short of a whole window are zero-padded so the last word is not lost."""
-        if len(self._pending):
-            pad = np.zeros(WINDOW - len(self._pending), dtype=np.float32)
-            tail = np.concatenate([self._pending, pad])
-            self._pending = np.zeros(0, dtype=np.float32)
-            p = float(self._probs(tail)[0])
-            u = self._step(tail, p)
+        whole = len(self._pending) // WINDOW * WINDOW
+        out = self._run(self._pending[:whole])
+        tail = self._pending[whole:]
+        self._pending = np.zeros(0, dtype=np.float32)
+        if len(tail):
+            tail = np.concatenate([tail, np.zeros(WINDOW - len(tail), dtype=np.float32)])
+            out += self._run(tail)
+        if self._speaking:
+            u = self._finish(trim=max(0, self._silence - self._pad))
             if u is not None:
-                return u  # the padded window completed an utterance; nothing more is in progress
-        u = self._finish(trim=max(0, self._silence - self._pad)) if self._speaking else None
+                out.append(u)
         self._reset_state()
-        return u
+        return out

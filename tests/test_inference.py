@@ -83,3 +83,44 @@ def test_speech_after_garbage_is_still_transcribed(transcriber: Transcriber, tmp
     status, lines = run_worker(transcriber, list(audio.reshape(-1, BLOCK)), tmp_path)
     status.close()
     assert len(lines) == 1 and "served in round" in lines[0]["text"].lower()
+
+
+def test_a_draft_decoded_in_a_pause_becomes_the_final_or_is_counted_as_voided(tmp_path: Path) -> None:
+    from .test_vad import SETTINGS, Script
+
+    # Speech in windows 10-29 and 34-49: the 4-window pause makes a draft that speech voids; the silence
+    # after 49 makes a draft that its end confirms.
+    probs = Script(speech=set(range(10, 30)) | set(range(34, 50)))
+    runs: list[int] = []
+
+    def transcribe(audio: np.ndarray) -> str:
+        runs.append(len(audio))
+        return f"run {len(runs)}"
+
+    status = Status.in_memory()
+    ring = Ring(8, 512, 1, status.ring_written, status.ring_read)
+    sink = JsonlSink(tmp_path / "t.jsonl")
+    worker = Worker(
+        ring,
+        StreamFormat(16000, 1, 512),
+        status,
+        Segmenter(SETTINGS, probs),
+        transcribe,
+        Outbox(sink, status),
+    )
+    worker.start()
+    t0 = time.time()
+    for i in range(70):  # one window per batch, as a live stream delivers them
+        assert ring.push(np.zeros((512, 1), np.float32), t0 + i * 0.032)
+        deadline = time.monotonic() + 5
+        while status.ring_read.load() <= i and time.monotonic() < deadline:
+            time.sleep(0.001)
+    worker.stop()
+    worker.join(10)
+    sink.close()
+    snap = status.snapshot()
+    status.close()
+    lines = [json.loads(x) for x in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert len(runs) == 2, "two drafts, and the final reused the second"
+    assert [(r["text"], r["early"]) for r in lines] == [("run 2", True)]
+    assert snap.drafts_voided == 1 and snap.inference_runs == 2 and snap.transcripts == 1

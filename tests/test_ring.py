@@ -106,3 +106,36 @@ def test_blocks_after_a_loss_are_marked_so_the_consumer_sees_the_break() -> None
     ring.push(block(5), 5.0)
     out = ring.drain()
     assert out is not None and out.breaks.tolist() == [False]
+
+
+class CountingPosition:
+    """An atomic position that counts the operations made on it."""
+
+    def __init__(self) -> None:
+        self.atomic = atomics.atomic(width=8, atype=atomics.UINT)
+        self.loads = self.stores = 0
+
+    def load(self) -> int:
+        self.loads += 1
+        return int(self.atomic.load())
+
+    def store(self, desired: int) -> None:
+        self.stores += 1
+        self.atomic.store(desired)
+
+
+def test_push_costs_one_atomic_operation_until_the_ring_looks_full() -> None:
+    write, read = CountingPosition(), CountingPosition()
+    ring = Ring(4, 3, 2, write, read)
+    write.loads = read.loads = 0
+    for i in range(4):
+        assert ring.push(block(i), float(i))
+    assert (write.loads, write.stores, read.loads) == (0, 4, 0), "a store per push and nothing else"
+    assert not ring.push(block(9), 9.0), "full: dropped"
+    assert read.loads == 1, "only a ring that looks full reads the consumer's position"
+    assert ring.drain(2) is not None
+    assert ring.push(block(4), 4.0) and ring.push(block(5), 5.0), "space freed by the consumer is seen"
+    assert not ring.push(block(6), 6.0)
+    out = ring.drain()
+    assert out is not None and out.frames[:, 0, 0].tolist() == [2, 3, 4, 5]
+    assert out.breaks.tolist() == [False, False, True, False], "the drop before 4 is marked"
