@@ -181,11 +181,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {e}", file=sys.stderr)
         return 2
     settings = all_settings.inference
+    wanted = args.cases.split(",")
+    if unknown := set(wanted) - {"noise", "clean", "noisy", "rapid"}:
+        print(f"bench: --cases: unknown case {sorted(unknown)[0]!r}", file=sys.stderr)
+        return 2
+    if wanted == ["noise"]:
+        print("bench: --cases needs a speech case (clean, noisy or rapid) beside noise", file=sys.stderr)
+        return 2
     info = machine()
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="audiod-bench-"))
     try:
-        wanted = args.cases.split(",")
         cases = [c for c in corpus.build(work / "corpus") if c.name in wanted]
         results = []
         with VirtualMic() as mic:

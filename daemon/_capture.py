@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from ._atomic import fast_inc
 from ._callback_timer import ENV as CALLBACK_TIMER_ENV
 from ._callback_timer import CallbackTimer
 from ._config import CaptureSettings
@@ -111,7 +112,7 @@ class Capture:
         self._block_s = fmt.block_frames / fmt.samplerate
         # Bound once: attribute lookups on the hot path cost more than the copy.
         self._push = ring.push
-        self._total = status.total_chunks
+        self._count = fast_inc(status.total_chunks)  # one C call per block (see _atomic)
         self._dropped = status.dropped_chunks
         self._xruns = status.xruns
         self._errors = status.callback_errors
@@ -140,7 +141,7 @@ class Capture:
             adc = time_info.inputBufferAdcTime
             now = time_info.currentTime
             captured = self._wall() - (now - adc) if adc > 0 and now > 0 else self._wall() - self._block_s
-            self._total.inc()  # first, so a block that fails below still counts as delivered
+            self._count()  # first, so a block that fails below still counts as delivered
             if not self._push(indata, captured, overflow):
                 self._dropped.inc()
         except Exception:

@@ -1,8 +1,11 @@
 """``audiod run``: wire capture -> ring -> inference -> sinks, with the status block and poller beside them.
 
-Start-up order matters: resolve the device (fail fast on a typo), load and warm the model, then open the
-stream, so that the first audio captured is the first audio transcribed. Shut-down runs the other way:
-stop capture, let the worker drain the ring and transcribe the utterance in progress, then close.
+Start-up order matters: resolve the device (fail fast on a typo), open the stream, then load the model while
+the ring holds the first audio. Devices can take a second or more to deliver their first block (ALSA's pulse
+plugin does), and loading the model takes about half a second: overlapping the two is most of what makes
+start-up fast. READY waits for both; the worker warms the model up on its own thread, after READY. Nothing
+captured is lost: the ring holds ``ring.capacity_s`` of audio. Shut-down runs the other way: stop capture,
+let the worker drain the ring and transcribe the utterance in progress, then close.
 """
 
 from __future__ import annotations
@@ -72,23 +75,29 @@ def _run_locked(
         sink = JsonlSink(transcript_path(settings))  # before the model: a bad path should fail fast
         if sink.repaired:
             log.warning("transcript_repaired", path=str(sink.path), bytes_cut=sink.repaired)
-        t0 = time.monotonic()
-        transcriber = Transcriber(settings.inference)
-        transcriber.warm()
-        log.info("model_loaded", model=settings.inference.model, seconds=round(time.monotonic() - t0, 3))
         capacity = max(2, math.ceil(settings.ring.capacity_s * fmt.samplerate / fmt.block_frames))
         ring = Ring(capacity, fmt.block_frames, fmt.channels, status.ring_written, status.ring_read)
         status.ring_capacity.store(capacity)
+        keeper = StreamKeeper(sd, settings.capture, fmt, ring, status, log, FIRST_AUDIO_TIMEOUT_S)
+        keeper.start()
+        try:
+            t0 = time.monotonic()
+            transcriber = Transcriber(settings.inference)
+            segmenter = Segmenter(settings.vad, SileroStream())
+            log.info("model_loaded", model=settings.inference.model, seconds=round(time.monotonic() - t0, 3))
+        except BaseException:
+            keeper.stop()
+            raise
         worker = Worker(
             ring,
             StreamFormat(fmt.samplerate, fmt.channels, fmt.block_frames),
             status,
-            Segmenter(settings.vad, SileroStream()),
+            segmenter,
             transcriber.transcribe,
             Outbox(sink, status),
             settings.ring.max_lag_s,
+            warm=transcriber.warm,
         )
-        keeper = StreamKeeper(sd, settings.capture, fmt, ring, status, log, FIRST_AUDIO_TIMEOUT_S)
         supervisor = Supervisor(Watchdog.from_env())
         poller = Poller(
             status, settings.poller.interval_ms / 1000, (supervisor, CounterEvents(), *subscribers)
@@ -128,7 +137,6 @@ def _serve(
         return not worker.is_alive()
 
     worker.start()
-    keeper.start()
     poller.start()
     # "Running" means audio is flowing, not merely that the stream opened: some devices (ALSA's pulse
     # plugin) take a second or two to deliver the first block, and a dead one never does.

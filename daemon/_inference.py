@@ -25,7 +25,7 @@ from ._config import BUNDLED_MODEL, InferenceSettings
 from ._ring import Drained, Ring
 from ._sinks import Outbox
 from ._status import Status
-from ._vad import RATE, Audio, Segmenter, Utterance
+from ._vad import IDLE_BATCH, RATE, WINDOW, Audio, Segmenter, Utterance
 
 # Fault injection for tests of the watchdog and of backpressure: while this file exists the worker blocks
 # as if the model hung. Read once at start-up; unset in production, where it costs one attribute test.
@@ -151,6 +151,7 @@ class Worker(threading.Thread):
         outbox: Outbox,
         max_lag_s: float = math.inf,
         clock: Callable[[], float] = time.time,
+        warm: Callable[[], object] | None = None,
     ) -> None:
         super().__init__(name="audiod-inference", daemon=True)
         self._ring = ring
@@ -161,6 +162,7 @@ class Worker(threading.Thread):
         self._outbox = outbox
         self._max_lag_s = max_lag_s
         self._clock = clock
+        self._warm = warm  # run first, on this thread: the ring holds the audio meanwhile
         self._to16k = _To16kMono(fmt.samplerate)
         self._stopping = threading.Event()
         self._hang_file = os.environ.get(HANG_FILE_ENV)
@@ -179,6 +181,9 @@ class Worker(threading.Thread):
 
     def run(self) -> None:
         try:
+            if self._warm is not None:
+                self._status.worker_heartbeat_us.store(int(self._clock() * 1e6))
+                self._warm()
             self._loop()
         except BaseException as e:  # the daemon's main thread reports it and exits non-zero
             self.error = e
@@ -186,6 +191,9 @@ class Worker(threading.Thread):
 
     def _loop(self) -> None:
         poll = min(0.05, max(0.005, self._fmt.block_s / 2))
+        # While nobody speaks the segmenter waits for 96 ms of audio anyway (IDLE_BATCH): waking up more
+        # often would only cost CPU. In speech, the end must be seen at once.
+        idle_poll = max(poll, IDLE_BATCH * WINDOW / RATE)
         heartbeat = self._status.worker_heartbeat_us
         while True:
             heartbeat.store(int(self._clock() * 1e6))
@@ -199,7 +207,7 @@ class Worker(threading.Thread):
             elif self._stopping.is_set():
                 break  # capture was stopped before stop(): an empty ring now is final
             else:
-                self._stopping.wait(poll)
+                self._stopping.wait(poll if self._segmenter.speaking else idle_poll)
         self._end_stream()
         self._outbox.retry(now=True)
         if self._outbox.pending:  # their words are in the log already (transcript_not_written)

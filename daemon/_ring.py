@@ -1,7 +1,7 @@
 """A bounded, preallocated single-producer/single-consumer ring of fixed-size audio blocks.
 
 The producer is the PortAudio callback: ``push`` copies one block into a preallocated slot and publishes it
-by storing the write position, with no allocation, no lock and no system call. The consumer is the
+by advancing the write position, with no allocation, no lock and no system call. The consumer is the
 inference worker: ``drain`` takes every published block at once, so the cost of the atomics (a few
 microseconds each) is paid per drain, not per block.
 
@@ -19,12 +19,15 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from ._atomic import fast_inc
+
 
 class Counter(Protocol):
     """What the ring needs of an atomic 64-bit position (an ``atomics`` view satisfies it)."""
 
     def load(self) -> int: ...
     def store(self, desired: int) -> None: ...
+    def inc(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,9 @@ class Ring:
         self._write_pos = write_pos
         self._read_pos = read_pos
         self._w = write_pos.load()  # producer's private copy: saves one atomic load per push
+        # Only the producer writes the position, so an increment publishes exactly like a store of w + 1,
+        # and ``fast_inc`` makes it one C call.
+        self._publish = fast_inc(write_pos)
         # The producer's last view of the read position. Space it saw free stays free (only the producer
         # fills it), so it loads the real position only when this view says the ring is full: one atomic
         # operation per push instead of two.
@@ -79,9 +85,9 @@ class Ring:
         self._breaks[slot] = after_loss or self._broken
         self._broken = False
         self._w = w + 1
-        # The store publishes the slot: the atomics package uses sequentially consistent ordering, so the
+        # The increment publishes the slot: it is sequentially consistent (as every atomics operation), so the
         # consumer that sees the new position also sees the copied samples and the time.
-        self._write_pos.store(w + 1)
+        self._publish()
         return True
 
     def mark_loss(self) -> None:

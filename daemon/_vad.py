@@ -95,6 +95,10 @@ class Segmenter:
         self._draft_taken = False
 
     @property
+    def speaking(self) -> bool:
+        return self._speaking
+
+    @property
     def position(self) -> int:
         """Samples consumed since the start (the stream index of the next sample)."""
         return self._pos + len(self._pending)

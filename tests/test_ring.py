@@ -123,6 +123,10 @@ class CountingPosition:
         self.stores += 1
         self.atomic.store(desired)
 
+    def inc(self) -> None:
+        self.stores += 1
+        self.atomic.inc()
+
 
 def test_push_costs_one_atomic_operation_until_the_ring_looks_full() -> None:
     write, read = CountingPosition(), CountingPosition()
