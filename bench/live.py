@@ -224,7 +224,7 @@ class Run:
     error: str = ""
     spawn_at: float = 0.0
     events: dict[str, float] = field(default_factory=dict)  # log event -> arrival, s after spawn
-    model_load_s: float = 0.0  # audiod's own figure: load + warm-up
+    model_load_s: float = 0.0  # audiod's own figure: model and VAD load (the stream is open meanwhile)
     memory_ready: dict[str, float] = field(default_factory=dict)
     memory_end: dict[str, float] = field(default_factory=dict)
     play_at: float = 0.0  # paplay started (wall-clock)
