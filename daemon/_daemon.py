@@ -79,30 +79,31 @@ def _run_locked(
         ring = Ring(capacity, fmt.block_frames, fmt.channels, status.ring_written, status.ring_read)
         status.ring_capacity.store(capacity)
         keeper = StreamKeeper(sd, settings.capture, fmt, ring, status, log, FIRST_AUDIO_TIMEOUT_S)
-        keeper.start()
+        # Capture must stop before the status block is unmapped, on every path: the callback's counters are
+        # bound to raw addresses in it (``_atomic.fast_inc``). ``keeper.stop()`` is a no-op the second time.
         try:
+            keeper.start()
             t0 = time.monotonic()
             transcriber = Transcriber(settings.inference)
             segmenter = Segmenter(settings.vad, SileroStream())
             log.info("model_loaded", model=settings.inference.model, seconds=round(time.monotonic() - t0, 3))
-        except BaseException:
+            worker = Worker(
+                ring,
+                StreamFormat(fmt.samplerate, fmt.channels, fmt.block_frames),
+                status,
+                segmenter,
+                transcriber.transcribe,
+                Outbox(sink, status),
+                settings.ring.max_lag_s,
+                warm=transcriber.warm,
+            )
+            supervisor = Supervisor(Watchdog.from_env())
+            poller = Poller(
+                status, settings.poller.interval_ms / 1000, (supervisor, CounterEvents(), *subscribers)
+            )
+            return _serve(log, status, keeper, fmt, worker, poller, sink, on_ready)
+        finally:
             keeper.stop()
-            raise
-        worker = Worker(
-            ring,
-            StreamFormat(fmt.samplerate, fmt.channels, fmt.block_frames),
-            status,
-            segmenter,
-            transcriber.transcribe,
-            Outbox(sink, status),
-            settings.ring.max_lag_s,
-            warm=transcriber.warm,
-        )
-        supervisor = Supervisor(Watchdog.from_env())
-        poller = Poller(
-            status, settings.poller.interval_ms / 1000, (supervisor, CounterEvents(), *subscribers)
-        )
-        return _serve(log, status, keeper, fmt, worker, poller, sink, on_ready)
     finally:
         status.close()
 
