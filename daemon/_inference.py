@@ -22,7 +22,7 @@ import numpy.typing as npt
 import structlog
 
 from ._config import BUNDLED_MODEL, InferenceSettings
-from ._ring import Drained, Ring
+from ._ring import UNCOUNTED, Drained, Ring
 from ._sinks import Outbox
 from ._status import Status
 from ._vad import IDLE_BATCH, RATE, WINDOW, Audio, Segmenter, Utterance
@@ -172,6 +172,9 @@ class Worker(threading.Thread):
         self._anchor_index = 0
         self._anchor_time = 0.0
         self._consumed_until: float | None = None  # end of the newest audio consumed, epoch s
+        # Blocks missing since the last one consumed (ring drops and skips), or None once some audio was
+        # lost in an amount nobody counted (an xrun, a reopened device): see _gap_before.
+        self._missing: int | None = 0
         self._drafted: tuple[int, str, int] | None = None  # (draft serial, text, compute ms)
         self.error: BaseException | None = None
 
@@ -218,17 +221,18 @@ class Worker(threading.Thread):
     def _consume(self, batch: Drained) -> None:
         st = self._status
         block_s = self._fmt.block_s
-        frames, times, breaks = batch.frames, batch.times, batch.breaks.copy()
+        frames, times, lost = batch.frames, batch.times, batch.lost
         # Overload: never work on audio older than max_lag_s. Skip the oldest blocks (and count them) so
         # the lag stays bounded when the model is slower than real time.
         stale = int(np.count_nonzero(times + block_s < self._clock() - self._max_lag_s))
         if stale:
-            frames, times, breaks = frames[stale:], times[stale:], breaks[stale:]
-            if len(times):
-                breaks[0] = True
+            self._count_missing(lost[:stale], stale)
+            frames, times, lost = frames[stale:], times[stale:], lost[stale:]
         if not len(times):
             st.skipped_chunks.add(stale)
             return
+        breaks = lost != 0
+        breaks[0] |= self._missing != 0  # blocks skipped before this batch, or lost before them
         st.audio_processed_ms.add(round(len(times) * block_s * 1000))
         # A misbehaving driver can deliver NaN or inf: zero them (and count) before they reach the models.
         finite = np.isfinite(frames)
@@ -242,16 +246,16 @@ class Worker(threading.Thread):
         for a, b in itertools.pairwise(bounds):
             if breaks[a]:
                 self._end_stream()
-                if self._consumed_until is not None and times[a] - self._consumed_until > block_s / 2:
-                    self._gap(self._consumed_until, float(times[a]))
+                self._count_missing(lost[a : a + 1])
+                self._gap_before(float(times[a]))
             self._anchor_index = self._segmenter.position
             self._anchor_time = float(times[a])
             for u in self._segmenter.feed(self._to16k(frames[a:b])):
                 self._emit(u)
-        self._consumed_until = float(times[-1]) + block_s
-        st.consumed_until_us.store(round(self._consumed_until * 1e6))
+            self._consumed_until = consumed_until = float(times[b - 1]) + block_s
+        st.consumed_until_us.store(round(consumed_until * 1e6))
         now = self._clock()  # after the work above: lag includes the time transcription took
-        st.audio_lag_ms.store(round((now - self._consumed_until) * 1000))
+        st.audio_lag_ms.store(round((now - consumed_until) * 1000))
         if stale:  # published with the lag it led to, so a snapshot rarely shows one without the other
             st.skipped_chunks.add(stale)
         st.latency.capture.observe_ages(times + block_s, now)
@@ -261,6 +265,24 @@ class Worker(threading.Thread):
             if self._drafted is not None:  # the previous draft's pause ended in speech
                 st.drafts_voided.inc()
             self._drafted = (draft.draft, *self._run_model(draft))
+
+    def _count_missing(self, lost: npt.NDArray[np.int32], skipped: int = 0) -> None:
+        if self._missing is not None:
+            self._missing = None if (lost == UNCOUNTED).any() else self._missing + int(lost.sum()) + skipped
+
+    def _gap_before(self, resumed: float) -> None:
+        """Record the gap that ends where the block captured at ``resumed`` begins."""
+        missing, self._missing = self._missing, 0
+        if self._consumed_until is None:
+            return  # nothing came before: a late start, not a gap
+        if missing is not None:
+            # Counted, so exact; and anchored on the newer stamp. Stamps are not exact: PulseAudio's ALSA
+            # plugin over-reports its delay by ~0.5 s for the first second of a stream, then takes it
+            # back, so a gap measured from a stamp of that second would be that much too long.
+            if missing:
+                self._gap(resumed - missing * self._fmt.block_s, resumed)
+        elif resumed - self._consumed_until > self._fmt.block_s / 2:
+            self._gap(self._consumed_until, resumed)
 
     def _gap(self, start: float, end: float) -> None:
         """Audio from ``start`` to ``end`` was not transcribed: say so in the transcript and the log."""

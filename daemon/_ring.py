@@ -5,10 +5,11 @@ by advancing the write position, with no allocation, no lock and no system call.
 inference worker: ``drain`` takes every published block at once, so the cost of the atomics (a few
 microseconds each) is paid per drain, not per block.
 
-Each slot carries the capture time of its first frame, and whether audio is missing just before it (a drop
-here, or an overflow PortAudio reported). A block that finds the ring full is dropped whole and the caller
-counts it; later blocks keep their own capture times, so a drop never skews the lag clock, and the consumer
-learns of the break exactly rather than guessing it from timestamps, which jitter by tens of ms.
+Each slot carries the capture time of its first frame, and how many blocks are missing just before it: the
+number this ring dropped, or UNCOUNTED after an overflow PortAudio reported or a reopened stream. A block that
+finds the ring full is dropped whole and the caller counts it; later blocks keep their own capture times, so a
+drop never skews the lag clock, and the consumer learns of the loss exactly rather than guessing it from
+capture times, which hosts misreport by up to half a second (see the worker's gap).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ._atomic import fast_inc
+
+UNCOUNTED = -1  # lost[i]: audio is missing before block i, but how much is unknown
 
 
 class Counter(Protocol):
@@ -36,7 +39,12 @@ class Drained:
 
     frames: npt.NDArray[np.float32]  # shape (blocks, block_frames, channels)
     times: npt.NDArray[np.float64]  # shape (blocks,)
-    breaks: npt.NDArray[np.bool_]  # shape (blocks,): audio is missing right before this block
+    lost: npt.NDArray[np.int32]  # shape (blocks,): blocks missing right before this one, or UNCOUNTED
+
+    @property
+    def breaks(self) -> npt.NDArray[np.bool_]:
+        """Where audio is missing right before a block."""
+        return np.not_equal(self.lost, 0)
 
     def __len__(self) -> int:
         return len(self.times)
@@ -53,8 +61,8 @@ class Ring:
         self.channels = channels
         self._data = np.zeros((capacity, block_frames, channels), dtype=np.float32)
         self._times = np.zeros(capacity, dtype=np.float64)
-        self._breaks = np.zeros(capacity, dtype=np.bool_)
-        self._broken = False  # producer: a block was lost since the last one pushed
+        self._lost = np.zeros(capacity, dtype=np.int32)
+        self._dropped = 0  # producer: blocks lost since the last one pushed (or UNCOUNTED)
         # Positions count blocks since start and never wrap (2**64 blocks is ~10**10 years at 20 ms).
         self._write_pos = write_pos
         self._read_pos = read_pos
@@ -77,13 +85,14 @@ class Ring:
         if w - self._r_seen >= self.capacity:
             self._r_seen = self._read_pos.load()
             if w - self._r_seen >= self.capacity:
-                self._broken = True
+                if self._dropped >= 0:
+                    self._dropped += 1
                 return False
         slot = w % self.capacity
         np.copyto(self._data[slot], block)
         self._times[slot] = capture_time
-        self._breaks[slot] = after_loss or self._broken
-        self._broken = False
+        self._lost[slot] = UNCOUNTED if after_loss else self._dropped
+        self._dropped = 0
         self._w = w + 1
         # The increment publishes the slot: it is sequentially consistent (as every atomics operation), so the
         # consumer that sees the new position also sees the copied samples and the time.
@@ -93,7 +102,7 @@ class Ring:
     def mark_loss(self) -> None:
         """Audio was lost upstream (the stream was reopened): the next block pushed starts a new run.
         Producer side: call only while no callback is running."""
-        self._broken = True
+        self._dropped = UNCOUNTED
 
     # -- consumer (inference worker thread) ----------------------------------------------------------------
     def drain(self, max_blocks: int | None = None) -> Drained | None:
@@ -109,7 +118,7 @@ class Ring:
             else slice(start, start + n)
         )
         drained = Drained(
-            frames=self._data[idx].copy(), times=self._times[idx].copy(), breaks=self._breaks[idx].copy()
+            frames=self._data[idx].copy(), times=self._times[idx].copy(), lost=self._lost[idx].copy()
         )
         self._r += n
         self._read_pos.store(self._r)  # frees the slots only after the copy above

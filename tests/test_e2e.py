@@ -152,9 +152,13 @@ def test_stalled_worker_drops_chunks_and_recovers(
     # The lag grew while the worker was stuck and fell back once it ran again.
     assert stalled["audio_lag_ms"] > 2500 and after["audio_lag_ms"] < 1000
     assert stalled["audio_lag_ms"] == (stalled["updated_us"] - stalled["consumed_until_us"]) // 1000
-    # The lost audio is a gap in the transcript, as long as the drops.
+    # The lost audio is a gap in the transcript, as long as the drops: the ring counted them, so exactly,
+    # unless PortAudio also reported an overflow (lost audio nobody counted).
     (gap,) = [r for r in d.records() if r["type"] == "gap"]
-    assert gap["seconds"] == pytest.approx(after["dropped_chunks"] * BLOCK_S, abs=0.2)
+    if after["xruns"] == 0:
+        assert gap["seconds"] == pytest.approx(after["dropped_chunks"] * BLOCK_S, abs=0.002)
+    else:
+        assert gap["seconds"] > after["dropped_chunks"] * BLOCK_S
     assert gap["end"] - gap["start"] == pytest.approx(gap["seconds"], abs=0.002)
     # Capture times stayed exact through the drops: the words sit where they were played.
     (line,) = d.transcripts()

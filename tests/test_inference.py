@@ -124,3 +124,52 @@ def test_a_draft_decoded_in_a_pause_becomes_the_final_or_is_counted_as_voided(tm
     assert len(runs) == 2, "two drafts, and the final reused the second"
     assert [(r["text"], r["early"]) for r in lines] == [("run 2", True)]
     assert snap.drafts_voided == 1 and snap.inference_runs == 2 and snap.transcripts == 1
+
+
+@pytest.mark.parametrize("loss", [False, True], ids=["skip only", "skip after a loss"])
+def test_a_skip_gap_is_as_long_as_the_audio_skipped_whatever_the_stamps_say(
+    tmp_path: Path, loss: bool
+) -> None:
+    from .test_vad import SETTINGS, Script
+
+    status = Status.in_memory()
+    ring = Ring(128, 512, 1, status.ring_written, status.ring_read)
+    sink = JsonlSink(tmp_path / "t.jsonl")
+    now = [1000.0]
+    worker = Worker(
+        ring,
+        StreamFormat(16000, 1, 512),
+        status,
+        Segmenter(SETTINGS, Script(speech=set())),
+        lambda audio: "",
+        Outbox(sink, status),
+        max_lag_s=1.0,
+        clock=lambda: now[0],
+    )
+    block = np.zeros((512, 1), np.float32)
+    # The first second of a PulseAudio stream: stamps 0.465 s early (the ALSA plugin over-reports its delay).
+    for i in range(30):
+        assert ring.push(block, 1000 + i * 0.032 - 0.465)
+    worker.start()
+    deadline = time.monotonic() + 5
+    while status.ring_read.load() < 30 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    # The worker stalls for 3 s; 100 blocks wait, correctly stamped, and those older than 1 s are skipped.
+    # With a loss, PortAudio reported an overflow before the 10th of them: only the stamps can tell how much.
+    # The worker may drain them in several batches: skips add up across batches.
+    now[0] = 1000 + 130 * 0.032
+    for i in range(30, 130):
+        assert ring.push(block, 1000 + i * 0.032, after_loss=loss and i == 40)
+    worker.stop()
+    worker.join(10)
+    sink.close()
+    snap = status.snapshot()
+    status.close()
+    (gap,) = [json.loads(x) for x in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert snap.skipped_chunks == 68  # the blocks that end more than 1 s before now
+    if loss:
+        # Newest stamp minus the skewed one before the skip
+        assert gap["seconds"] == pytest.approx(68 * 0.032 + 0.465, abs=0.002)
+    else:
+        assert gap["seconds"] == pytest.approx(68 * 0.032, abs=0.002)
+        assert gap["end"] == pytest.approx(1000 + 98 * 0.032, abs=0.002), "anchored on the newer stamp"

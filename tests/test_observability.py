@@ -219,7 +219,11 @@ def _run(
     assert all(e["PRIORITY"] == "4" for e in drops)
     gaps = journal_until(1, f"MESSAGE_ID={MESSAGE_IDS['gap']}", f"_PID={pid}")
     lost = sum(float(g["SECONDS"]) for g in gaps)
-    assert lost == pytest.approx(s["dropped_chunks"] * BLOCK_S, abs=0.1 * len(gaps) + 0.1)
+    counted = (s["dropped_chunks"] + s["skipped_chunks"]) * BLOCK_S
+    if s["xruns"] == s["stream_restarts"] == 0:  # then every lost block was counted: the gaps are exact
+        assert lost == pytest.approx(counted, abs=0.002 * len(gaps))
+    else:
+        assert lost > counted
     xruns = journal(f"MESSAGE_ID={MESSAGE_IDS['xrun']}", f"_PID={pid}")
     assert sum(int(e["COUNT"]) for e in xruns) == s["xruns"]
     restored = journal(f"MESSAGE_ID={MESSAGE_IDS['capture_restored']}", f"_PID={pid}")

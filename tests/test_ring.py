@@ -2,7 +2,7 @@ import atomics
 import numpy as np
 import pytest
 
-from daemon._ring import Ring
+from daemon._ring import UNCOUNTED, Ring
 
 
 def make(capacity: int = 4, frames: int = 3, channels: int = 2) -> Ring:
@@ -92,20 +92,27 @@ def test_wrong_block_shape_raises_for_the_callback_to_count() -> None:
         make().push(np.zeros((5, 2), np.float32), 0.0)
 
 
-def test_blocks_after_a_loss_are_marked_so_the_consumer_sees_the_break() -> None:
+def test_blocks_after_a_loss_carry_how_many_blocks_are_missing() -> None:
     ring = make(capacity=2)
     ring.push(block(0), 0.0)
     ring.push(block(1), 1.0)
     assert not ring.push(block(2), 2.0)  # dropped
+    assert not ring.push(block(3), 3.0)  # dropped
     out = ring.drain()
-    assert out is not None and out.breaks.tolist() == [False, False]
-    ring.push(block(3), 3.0)
-    ring.push(block(4), 4.0, after_loss=True)  # PortAudio reported an overflow
+    assert out is not None and out.lost.tolist() == [0, 0] and out.breaks.tolist() == [False, False]
+    ring.push(block(4), 4.0)
+    ring.push(block(5), 5.0, after_loss=True)  # PortAudio reported an overflow: how much is unknown
     out = ring.drain()
-    assert out is not None and out.breaks.tolist() == [True, True]
-    ring.push(block(5), 5.0)
+    assert out is not None and out.lost.tolist() == [2, UNCOUNTED] and out.breaks.tolist() == [True, True]
+    ring.push(block(6), 6.0)
+    ring.push(block(7), 7.0)
+    assert not ring.push(block(8), 8.0)  # dropped, then the stream was reopened: the count no longer holds
+    ring.mark_loss()
     out = ring.drain()
-    assert out is not None and out.breaks.tolist() == [False]
+    assert out is not None and out.lost.tolist() == [0, 0]
+    ring.push(block(9), 9.0)
+    out = ring.drain()
+    assert out is not None and out.lost.tolist() == [UNCOUNTED]
 
 
 class CountingPosition:
@@ -142,4 +149,4 @@ def test_push_costs_one_atomic_operation_until_the_ring_looks_full() -> None:
     assert not ring.push(block(6), 6.0)
     out = ring.drain()
     assert out is not None and out.frames[:, 0, 0].tolist() == [2, 3, 4, 5]
-    assert out.breaks.tolist() == [False, False, True, False], "the drop before 4 is marked"
+    assert out.lost.tolist() == [0, 0, 1, 0], "the drop before 4 is marked"
