@@ -194,7 +194,7 @@ class Worker(threading.Thread):
 
     def _loop(self) -> None:
         poll = min(0.05, max(0.005, self._fmt.block_s / 2))
-        # While nobody speaks the segmenter waits for 96 ms of audio anyway (IDLE_BATCH): waking up more
+        # While nobody speaks the segmenter waits for 192 ms of audio anyway (IDLE_BATCH): waking up more
         # often would only cost CPU. In speech, the end must be seen at once.
         idle_poll = max(poll, IDLE_BATCH * WINDOW / RATE)
         heartbeat = self._status.worker_heartbeat_us

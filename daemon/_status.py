@@ -38,6 +38,7 @@ from typing import Any, ClassVar, Protocol
 
 import atomics
 
+from ._atomic import fast_load
 from ._histogram import BUCKETS, HISTOGRAMS, SLOTS, HistogramSet, Latencies
 
 MAGIC = b"AUDIODS\0"
@@ -162,10 +163,11 @@ class _Block:
             self._contexts.append(ctx)
             slots.append(ctx.__enter__())
         self.latency = HistogramSet(slots)
-        self._ordered = [self._atomics[i] for i in _LOAD_ORDER]
+        # Bound loads hold raw addresses: close() must come after every thread that snapshots this block.
+        self._loads = [fast_load(self._atomics[i]) for i in _LOAD_ORDER]
 
     def snapshot(self) -> Snapshot:
-        loaded = [a.load() for a in self._ordered]
+        loaded = [load() for load in self._loads]
         return Snapshot(*[loaded[i] for i in _UNORDER])
 
     def latencies(self) -> Latencies:
@@ -174,6 +176,7 @@ class _Block:
         return self.latency.snapshot()
 
     def close(self) -> None:
+        self._loads = []  # a snapshot after close fails in Python, not on an unmapped address
         for ctx in self._contexts:
             ctx.__exit__(None, None, None)
         self._contexts.clear()

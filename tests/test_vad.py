@@ -100,7 +100,7 @@ def test_silero_runs_on_batches_while_idle_and_per_window_in_speech() -> None:
     seg = Segmenter(SETTINGS, script)
     run(seg, script, 60, step=1)
     # Idle: calls wait for IDLE_BATCH windows. Speaking (from window 10 on): every window at once.
-    assert IDLE_BATCH == 3 and script.calls[:4] == [3, 3, 3, 3], "windows 0-11: idle until 10 is judged"
+    assert IDLE_BATCH == 6 and script.calls[:2] == [6, 6], "windows 0-11: idle until 10 is judged"
     assert script.calls.count(1) >= 20
     assert sum(script.calls) + len(seg._pending) // WINDOW == 60
 
