@@ -250,7 +250,7 @@ def tables(summary: dict[str, Any]) -> str:
         f"| longest interval between callbacks | {_f(o['callback_max_interval_ms'], '.1f')} ms |",
         f"| RSS at ready / at the end / peak | {_mb(o['rss_ready_mb'])} / {_mb(o['rss_end_mb'])} / "
         f"{_mb(o['rss_peak_mb'])} |",
-        f"| start-to-ready: model load (stream open meanwhile) / then the wait for the first block | "
+        f"| start-to-ready: model load (stream open meanwhile) / then warm-up and first block (overlapped) | "
         f"{_s(o['model_load_s'])} / {_s(o['first_audio_wait_s'])} |",
         f"| latency split: segmenter wait / model run / write+seen (medians) | {_s(o['segment_wait_s'])} / "
         f"{_s(o['model_s'])} / {_f(None if o['write_s'] is None else 1000 * o['write_s'], '.0f')} ms |",

@@ -3,9 +3,10 @@
 Start-up order matters: resolve the device (fail fast on a typo), open the stream, then load the model while
 the ring holds the first audio. Devices can take a second or more to deliver their first block (ALSA's pulse
 plugin does), and loading the model takes about half a second: overlapping the two is most of what makes
-start-up fast. READY waits for both; the worker warms the model up on its own thread, after READY. Nothing
-captured is lost: the ring holds ``ring.capacity_s`` of audio. Shut-down runs the other way: stop capture,
-let the worker drain the ring and transcribe the utterance in progress, then close.
+start-up fast. READY waits for the model to be loaded and warmed (one run, on the worker's thread, which
+overlaps the device's start too) and for audio to flow. Nothing captured is lost: the ring holds
+``ring.capacity_s`` of audio. Shut-down runs the other way: stop capture, let the worker drain the ring and
+transcribe the utterance in progress, then close.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from . import _exits
 from ._capture import DeviceError, InputFormat, StreamKeeper, choose_format, portaudio
 from ._config import Settings
 from ._events import CounterEvents
-from ._inference import StreamFormat, Transcriber, Worker
+from ._inference import ModelError, StreamFormat, Transcriber, Worker
 from ._memory import pin_mmap_threshold
 from ._notify import Supervisor, Watchdog, notify, status_line
 from ._paths import PID_FILE, STATUS_FILE, PidFile, ensure_private_dir, runtime_dir, state_dir
@@ -141,11 +142,18 @@ def _serve(
 
     worker.start()
     poller.start()
-    # "Running" means audio is flowing, not merely that the stream opened: some devices (ALSA's pulse
-    # plugin) take a second or two to deliver the first block, and a dead one never does.
+    # "Running" means the model is warm and audio is flowing, not merely that the stream opened: some
+    # devices (the ALSA pulse plugin) take a second or two to deliver the first block; a dead one never does.
     deadline = time.monotonic() + FIRST_AUDIO_TIMEOUT_S
-    while status.total_chunks.load() == 0:
-        if time.monotonic() > deadline or (keeper.capture and keeper.capture.finished) or stop.is_set():
+    while status.total_chunks.load() == 0 or not worker.warmed.is_set():
+        if not worker.is_alive():  # the model failed its first run (a ModelError), or a bug (logged)
+            shutdown()
+            if isinstance(worker.error, ModelError):
+                raise worker.error
+            log.error("worker_died", error=repr(worker.error))
+            return _exits.FAILURE
+        silent = status.total_chunks.load() == 0 and time.monotonic() > deadline  # a warm-up has no deadline
+        if silent or (keeper.capture and keeper.capture.finished) or stop.is_set():
             shutdown()
             if stop.is_set():
                 return _exits.OK

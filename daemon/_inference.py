@@ -79,7 +79,10 @@ class Transcriber:
 
     def warm(self) -> None:
         """One run on silence, so the first utterance does not pay for lazy initialisation."""
-        self.transcribe(np.zeros(RATE, dtype=np.float32))
+        try:
+            self.transcribe(np.zeros(RATE, dtype=np.float32))
+        except Exception as e:
+            raise ModelError(f"model {self._settings.model!r} failed its first run: {e}") from None
 
     def transcribe(self, audio: Audio) -> str:
         """The text of ``audio``, or '' when Whisper finds no speech in it."""
@@ -163,6 +166,7 @@ class Worker(threading.Thread):
         self._max_lag_s = max_lag_s
         self._clock = clock
         self._warm = warm  # run first, on this thread: the ring holds the audio meanwhile
+        self.warmed = threading.Event()  # the model had its first run: the daemon may say READY
         self._to16k = _To16kMono(fmt.samplerate)
         self._stopping = threading.Event()
         self._hang_file = os.environ.get(HANG_FILE_ENV)
@@ -187,7 +191,10 @@ class Worker(threading.Thread):
             if self._warm is not None:
                 self._status.worker_heartbeat_us.store(int(self._clock() * 1e6))
                 self._warm()
+            self.warmed.set()
             self._loop()
+        except ModelError as e:  # the model failed its first run: the main thread says so in one line
+            self.error = e
         except BaseException as e:  # the daemon's main thread reports it and exits non-zero
             self.error = e
             self._log.exception("worker_failed")

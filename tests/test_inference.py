@@ -173,3 +173,44 @@ def test_a_skip_gap_is_as_long_as_the_audio_skipped_whatever_the_stamps_say(
     else:
         assert gap["seconds"] == pytest.approx(68 * 0.032, abs=0.002)
         assert gap["end"] == pytest.approx(1000 + 98 * 0.032, abs=0.002), "anchored on the newer stamp"
+
+
+@pytest.mark.parametrize("model_error", [True, False], ids=["model error", "bug"])
+def test_a_model_that_fails_its_first_run_stops_the_worker_before_ready_without_a_traceback(
+    tmp_path: Path, model_error: bool
+) -> None:
+    import structlog
+
+    from daemon._inference import ModelError
+
+    from .test_vad import SETTINGS, Script
+
+    def broken() -> None:
+        if model_error:
+            raise ModelError("model 'x' failed its first run: unsupported compute type")
+        raise ZeroDivisionError
+
+    status = Status.in_memory()
+    ring = Ring(8, 512, 1, status.ring_written, status.ring_read)
+    sink = JsonlSink(tmp_path / "t.jsonl")
+    worker = Worker(
+        ring,
+        StreamFormat(16000, 1, 512),
+        status,
+        Segmenter(SETTINGS, Script(speech=set())),
+        lambda audio: "",
+        Outbox(sink, status),
+        warm=broken,
+    )
+    with structlog.testing.capture_logs() as logs:
+        worker.start()
+        worker.join(10)
+    sink.close()
+    status.close()
+    assert not worker.is_alive() and not worker.warmed.is_set()
+    if model_error:
+        assert isinstance(worker.error, ModelError), "the main thread says it in one line, exit code 66"
+        assert logs == [], "no worker_failed traceback"
+    else:  # a bug is logged with its traceback
+        assert isinstance(worker.error, ZeroDivisionError)
+        assert [e["event"] for e in logs] == ["worker_failed"]
