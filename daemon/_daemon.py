@@ -28,7 +28,7 @@ from ._capture import DeviceError, InputFormat, StreamKeeper, choose_format, por
 from ._config import Settings
 from ._events import CounterEvents
 from ._inference import ModelError, StreamFormat, Transcriber, Worker
-from ._memory import pin_mmap_threshold
+from ._memory import pin_malloc
 from ._notify import Supervisor, Watchdog, notify, status_line
 from ._paths import PID_FILE, STATUS_FILE, PidFile, ensure_private_dir, runtime_dir, state_dir
 from ._poller import Poller, Subscriber
@@ -55,7 +55,7 @@ def run(
     log = structlog.get_logger("audiod")
     # systemd's watchdog kills with SIGABRT: leave every thread's stack in the journal, to show what hung.
     faulthandler.enable()
-    pin_mmap_threshold()  # before the model allocates anything
+    pin_malloc()  # before the model allocates anything
     sd = portaudio()
     fmt = choose_format(sd, settings.capture)
     rundir = ensure_private_dir(runtime_dir())

@@ -1,12 +1,15 @@
-"""Keep the daemon's memory flat: large buffers go back to the kernel when they are freed.
+"""Keep the daemon's memory flat and its model runs fast: set glibc's malloc thresholds once, at start.
 
-glibc serves an allocation of at least its mmap threshold with a mapping of its own, and unmaps it on free.
-The threshold moves: when such a block is freed, glibc raises the threshold to the block's size (up to
-32 MiB), and later blocks of that size come from a heap arena, which keeps the freed pages resident. Each
-model run allocates and frees buffers of ~10-16 MB (faster-whisper's features, CTranslate2's encoder), so
-after a minute the daemon's RSS swung by ~30 MB from one sample to the next (bench/soak.py: 232-259 MB). With
-the threshold fixed at 1 MiB it stays at 215.7 MB within 0.4 MB, and a run costs the page faults of mapping
-its buffers anew: well under 1 % of its time.
+glibc serves an allocation at or above its mmap threshold with a mapping of its own and unmaps it on free,
+and gives the top of a heap back to the kernel once more than its trim threshold is free there. Both move:
+when a mapped block is freed, glibc raises the mmap threshold to its size (up to 32 MiB) and the trim
+threshold to twice that, and later blocks of that size come from a heap that keeps them. Each model run
+allocates and frees buffers of up to ~16 MB (faster-whisper's features, CTranslate2's encoder), so RSS
+stepped up whenever a run first hit a new size, a minute or more into a run (bench/soak.py: 232 -> 259 MB
+at 58 s). Fixed at the top of glibc's own range (32 MiB, with 128 MiB of trim), the buffers come from the
+heap from the first run on, and stay: RSS reaches its plateau during the warm-up (268.6 MB, flat within
+0.3 MB over 150 s). A low threshold (1 MiB) kept RSS at 216 MB but made every run 35 % slower, paying page
+faults for buffers mapped anew each time.
 """
 
 from __future__ import annotations
@@ -14,13 +17,17 @@ from __future__ import annotations
 import ctypes
 import os
 
-M_MMAP_THRESHOLD = -3  # <malloc.h>
-MMAP_THRESHOLD = 1 << 20
+M_TRIM_THRESHOLD = -1  # <malloc.h>
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 << 20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: where its own adjustment ends
+TRIM_THRESHOLD = 128 << 20
 
 
-def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
-    """Fix glibc's mmap threshold, which stops its adjustment; False if unavailable or set by the operator."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+def pin_malloc() -> bool:
+    """Fix glibc's mmap and trim thresholds; False when unavailable or chosen by the operator."""
+    if any(k.startswith("MALLOC_") for k in os.environ) or "glibc.malloc" in os.environ.get(
+        "GLIBC_TUNABLES", ""
+    ):
         return False  # the environment's choice wins, as it would without us
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
@@ -28,4 +35,5 @@ def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, threshold))  # musl's mallopt is a stub that returns 0
+    # musl's mallopt is a stub that returns 0
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
