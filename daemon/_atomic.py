@@ -55,36 +55,31 @@ def fast_load(counter: Any) -> Callable[[], int]:
     fp, address, order, ctype = b
 
     def load() -> int:
-        out = ctype()  # per call, as in the two below: several threads may share one counter
+        out = ctype()  # per call, as in _writer: several threads may share one counter
         fp(address, order, ctypes.addressof(out))
         return int(out.value)
 
     return load
 
 
-def fast_store(counter: Any) -> Callable[[int], None]:
-    """A callable that atomically stores its argument in ``counter``."""
-    if (b := _bind(counter, "STORE", write=True)) is None:
-        store_: Callable[[int], None] = counter.store
-        return store_
+def _writer(counter: Any, op: str, method: str) -> Callable[[int], None]:
+    if (b := _bind(counter, op, write=True)) is None:
+        fallback: Callable[[int], None] = getattr(counter, method)
+        return fallback
     fp, address, order, ctype = b
 
-    def store(value: int) -> None:
+    def write(value: int) -> None:
         v = ctype(value)
         fp(address, ctypes.addressof(v), order)
 
-    return store
+    return write
+
+
+def fast_store(counter: Any) -> Callable[[int], None]:
+    """A callable that atomically stores its argument in ``counter``."""
+    return _writer(counter, "STORE", "store")
 
 
 def fast_add(counter: Any) -> Callable[[int], None]:
     """A callable that atomically adds its argument to ``counter``."""
-    if (b := _bind(counter, "ADD", write=True)) is None:
-        add_: Callable[[int], None] = counter.add
-        return add_
-    fp, address, order, ctype = b
-
-    def add(value: int) -> None:
-        v = ctype(value)
-        fp(address, ctypes.addressof(v), order)
-
-    return add
+    return _writer(counter, "ADD", "add")

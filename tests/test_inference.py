@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -49,6 +51,22 @@ def run_worker(
     return status, [json.loads(x) for x in (tmp_path / "t.jsonl").read_text().splitlines()]
 
 
+def scripted_worker(
+    tmp_path: Path, speech: set[int], transcribe: Callable[[np.ndarray], str], capacity: int = 8, **kw: Any
+) -> tuple[Worker, Ring, Status, JsonlSink]:
+    """A worker whose VAD follows a script (speech in the listed 32 ms windows), fed one window per block."""
+    from .test_vad import SETTINGS, Script
+
+    status = Status.in_memory()
+    ring = Ring(capacity, 512, 1, status.ring_written, status.ring_read)
+    sink = JsonlSink(tmp_path / "t.jsonl")
+    segmenter = Segmenter(SETTINGS, Script(speech=speech))
+    worker = Worker(
+        ring, StreamFormat(16000, 1, 512), status, segmenter, transcribe, Outbox(sink, status), **kw
+    )
+    return worker, ring, status, sink
+
+
 def test_garbage_from_a_driver_is_counted_and_yields_no_text(
     transcriber: Transcriber, tmp_path: Path
 ) -> None:
@@ -86,27 +104,16 @@ def test_speech_after_garbage_is_still_transcribed(transcriber: Transcriber, tmp
 
 
 def test_a_draft_decoded_in_a_pause_becomes_the_final_or_is_counted_as_voided(tmp_path: Path) -> None:
-    from .test_vad import SETTINGS, Script
-
     # Speech in windows 10-29 and 34-49: the 4-window pause makes a draft that speech voids; the silence
     # after 49 makes a draft that its end confirms.
-    probs = Script(speech=set(range(10, 30)) | set(range(34, 50)))
     runs: list[int] = []
 
     def transcribe(audio: np.ndarray) -> str:
         runs.append(len(audio))
         return f"run {len(runs)}"
 
-    status = Status.in_memory()
-    ring = Ring(8, 512, 1, status.ring_written, status.ring_read)
-    sink = JsonlSink(tmp_path / "t.jsonl")
-    worker = Worker(
-        ring,
-        StreamFormat(16000, 1, 512),
-        status,
-        Segmenter(SETTINGS, probs),
-        transcribe,
-        Outbox(sink, status),
+    worker, ring, status, sink = scripted_worker(
+        tmp_path, set(range(10, 30)) | set(range(34, 50)), transcribe
     )
     worker.start()
     t0 = time.time()
@@ -130,21 +137,9 @@ def test_a_draft_decoded_in_a_pause_becomes_the_final_or_is_counted_as_voided(tm
 def test_a_skip_gap_is_as_long_as_the_audio_skipped_whatever_the_stamps_say(
     tmp_path: Path, loss: bool
 ) -> None:
-    from .test_vad import SETTINGS, Script
-
-    status = Status.in_memory()
-    ring = Ring(128, 512, 1, status.ring_written, status.ring_read)
-    sink = JsonlSink(tmp_path / "t.jsonl")
     now = [1000.0]
-    worker = Worker(
-        ring,
-        StreamFormat(16000, 1, 512),
-        status,
-        Segmenter(SETTINGS, Script(speech=set())),
-        lambda audio: "",
-        Outbox(sink, status),
-        max_lag_s=1.0,
-        clock=lambda: now[0],
+    worker, ring, status, sink = scripted_worker(
+        tmp_path, set(), lambda audio: "", capacity=128, max_lag_s=1.0, clock=lambda: now[0]
     )
     block = np.zeros((512, 1), np.float32)
     # The first second of a PulseAudio stream: stamps 0.465 s early (the ALSA plugin over-reports its delay).
@@ -183,25 +178,12 @@ def test_a_model_that_fails_its_first_run_stops_the_worker_before_ready_without_
 
     from daemon._inference import ModelError
 
-    from .test_vad import SETTINGS, Script
-
     def broken() -> None:
         if model_error:
             raise ModelError("model 'x' failed its first run: unsupported compute type")
         raise ZeroDivisionError
 
-    status = Status.in_memory()
-    ring = Ring(8, 512, 1, status.ring_written, status.ring_read)
-    sink = JsonlSink(tmp_path / "t.jsonl")
-    worker = Worker(
-        ring,
-        StreamFormat(16000, 1, 512),
-        status,
-        Segmenter(SETTINGS, Script(speech=set())),
-        lambda audio: "",
-        Outbox(sink, status),
-        warm=broken,
-    )
+    worker, _ring, status, sink = scripted_worker(tmp_path, set(), lambda audio: "", warm=broken)
     with structlog.testing.capture_logs() as logs:
         worker.start()
         worker.join(10)
