@@ -41,11 +41,6 @@ class Drained:
     times: npt.NDArray[np.float64]  # shape (blocks,)
     lost: npt.NDArray[np.int32]  # shape (blocks,): blocks missing right before this one, or UNCOUNTED
 
-    @property
-    def breaks(self) -> npt.NDArray[np.bool_]:
-        """Where audio is missing right before a block."""
-        return np.not_equal(self.lost, 0)
-
     def __len__(self) -> int:
         return len(self.times)
 
